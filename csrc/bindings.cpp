@@ -1,0 +1,142 @@
+// Python bindings of the fu-fast native core (module fu_fast._C).
+//
+// Tensors cross as (data pointer, shape, strides) integers: the module never links
+// libtorch, so one build serves every torch version. fu_fast/kernels.py is the only
+// caller; it checks devices, dtypes and contiguity before a pointer reaches this file.
+#include <pybind11/pybind11.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "ablation.h"
+#include "covariance.h"
+#include "device.h"
+#include "permutation.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#ifndef FU_FAST_VERSION
+#define FU_FAST_VERSION "0+unknown"
+#endif
+#ifndef FU_FAST_CUDA_ARCHS
+#define FU_FAST_CUDA_ARCHS ""
+#endif
+
+namespace py = pybind11;
+using namespace fu_fast;
+
+namespace {
+
+template <typename T>
+T* as_pointer(uintptr_t address, const char* what) {
+  if (address == 0) throw std::invalid_argument(std::string(what) + ": null pointer");
+  return reinterpret_cast<T*>(address);
+}
+
+void require(bool condition, const char* message) {
+  if (!condition) throw std::invalid_argument(message);
+}
+
+DType as_dtype(int code) {
+  require(code >= 0 && code <= 3, "unknown dtype code");
+  return static_cast<DType>(code);
+}
+
+py::dict build_info() {
+  py::dict info;
+  info["version"] = FU_FAST_VERSION;
+  py::list backends;
+  backends.append("cpu");
+  const CudaStatus cuda = cuda_status();
+  if (cuda.compiled) backends.append("cuda");
+  info["backends"] = backends;
+  info["cuda_archs"] = std::string(FU_FAST_CUDA_ARCHS);
+  info["cuda_runtime_version"] = cuda.runtime_version;
+  info["cuda_driver_version"] = cuda.driver_version;
+  info["cuda_devices"] = cuda.device_count;
+  info["cuda_error"] = cuda.error;
+#ifdef _OPENMP
+  info["openmp"] = true;
+  info["openmp_threads"] = omp_get_max_threads();
+#else
+  info["openmp"] = false;
+  info["openmp_threads"] = 1;
+#endif
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fu-fast native core: keyed permutations, masked expansion, label agreement, "
+            "streaming covariance (pointers in, no libtorch).";
+
+  m.def("build_info", &build_info, "Version, compiled backends, CUDA and OpenMP facts.");
+
+  m.def(
+      "permutation_ranks",
+      [](uint64_t key, int64_t n, uintptr_t ranks) {
+        require(n >= 1, "permutation_ranks: n must be >= 1");
+        auto* out = as_pointer<int64_t>(ranks, "ranks");
+        py::gil_scoped_release release;
+        permutation_ranks_cpu(key, n, out);
+      },
+      py::arg("key"), py::arg("n"), py::arg("ranks"),
+      "ranks[u] = rank_key(u) for u < n (int64 buffer of n).");
+
+  m.def(
+      "expand_masked",
+      [](uintptr_t src, uintptr_t dst, int64_t batch, int64_t units, int64_t inner, int elem_size,
+         uintptr_t keys, uintptr_t thresholds, int64_t num_masks) {
+        require(batch >= 1 && units >= 1 && inner >= 1 && num_masks >= 1,
+                "expand_masked: sizes must be positive");
+        require(elem_size == 2 || elem_size == 4 || elem_size == 8,
+                "expand_masked: element size must be 2, 4 or 8 bytes");
+        MaskSpec masks{as_pointer<const uint64_t>(keys, "keys"),
+                       as_pointer<const int64_t>(thresholds, "thresholds"), num_masks};
+        const void* in = as_pointer<const void>(src, "src");
+        void* out = as_pointer<void>(dst, "dst");
+        py::gil_scoped_release release;
+        expand_masked_cpu(in, out, batch, units, inner, elem_size, masks);
+      },
+      py::arg("src"), py::arg("dst"), py::arg("batch"), py::arg("units"), py::arg("inner"),
+      py::arg("elem_size"), py::arg("keys"), py::arg("thresholds"), py::arg("num_masks"));
+
+  m.def(
+      "label_agreement",
+      [](uintptr_t logits, int dtype, int64_t num_masks, int64_t batch, int64_t classes,
+         int64_t row_stride, uintptr_t base_labels, uintptr_t counts) {
+        require(num_masks >= 1 && batch >= 1 && classes >= 1 && row_stride >= classes,
+                "label_agreement: bad sizes");
+        const void* in = as_pointer<const void>(logits, "logits");
+        const auto* base = as_pointer<const int64_t>(base_labels, "base_labels");
+        auto* out = as_pointer<int64_t>(counts, "counts");
+        const DType type = as_dtype(dtype);
+        py::gil_scoped_release release;
+        label_agreement_cpu(in, type, num_masks, batch, classes, row_stride, base, out);
+      },
+      py::arg("logits"), py::arg("dtype"), py::arg("num_masks"), py::arg("batch"),
+      py::arg("classes"), py::arg("row_stride"), py::arg("base_labels"), py::arg("counts"));
+
+  m.def(
+      "covariance_accumulate",
+      [](uintptr_t data, int dtype, int64_t batch, int64_t channels, int64_t spatial,
+         int64_t stride_batch, int64_t stride_channel, int64_t stride_spatial, uintptr_t rows,
+         int64_t num_rows, uintptr_t count, uintptr_t mean, uintptr_t comoment) {
+        require(batch >= 1 && channels >= 1 && spatial >= 1 && num_rows >= 0,
+                "covariance_accumulate: bad sizes");
+        ActivationView view{as_pointer<const void>(data, "activation"), as_dtype(dtype), batch,
+                            channels, spatial, stride_batch, stride_channel, stride_spatial};
+        MomentState state{as_pointer<double>(count, "count"), as_pointer<double>(mean, "mean"),
+                          as_pointer<double>(comoment, "comoment"), channels};
+        const int64_t* row_index = num_rows > 0 ? as_pointer<const int64_t>(rows, "rows") : nullptr;
+        py::gil_scoped_release release;
+        covariance_accumulate_cpu(view, row_index, num_rows, state);
+      },
+      py::arg("data"), py::arg("dtype"), py::arg("batch"), py::arg("channels"), py::arg("spatial"),
+      py::arg("stride_batch"), py::arg("stride_channel"), py::arg("stride_spatial"),
+      py::arg("rows"), py::arg("num_rows"), py::arg("count"), py::arg("mean"),
+      py::arg("comoment"));
+}

@@ -1,0 +1,7 @@
+"""The analysis engine: one module per concept of SPEC section 2."""
+
+from .engine import analyze
+from .gain import gain
+from .result import AnalysisResult, LayerResult
+
+__all__ = ["analyze", "gain", "AnalysisResult", "LayerResult"]

@@ -1,0 +1,61 @@
+"""Streaming covariance of a layer's units: the position sample and the accumulator.
+
+For a conv layer, every (example, h, w) position is a sample of the C channel units.
+At most ``sample_cap`` positions are drawn uniformly without replacement over the whole
+evaluation set before the pass; each batch then contributes the drawn positions that
+fall inside it. The activation matrix is never held: each batch is merged into float64
+running moments (count, mean, centred co-moment) and dropped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import kernels
+
+
+class PositionSample:
+    """The positions (global flattened index example * spatial + s) sampled for one layer."""
+
+    def __init__(self, examples: int, spatial: int, cap: int | None, seed: int):
+        total = examples * spatial
+        if cap is None or cap >= total:
+            self.positions = np.arange(total, dtype=np.int64)
+        else:
+            rng = np.random.default_rng(seed)
+            self.positions = np.sort(rng.choice(total, size=cap, replace=False).astype(np.int64))
+        self.spatial = spatial
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def rows_in_batch(self, first_example: int, batch: int) -> torch.Tensor:
+        """The sampled positions inside examples [first, first + batch), relative to the batch."""
+        start = first_example * self.spatial
+        stop = (first_example + batch) * self.spatial
+        lo, hi = np.searchsorted(self.positions, [start, stop])
+        return torch.from_numpy(self.positions[lo:hi] - start)
+
+
+class CovarianceAccumulator:
+    """float64 running moments of C units, merged batch by batch (Chan et al.)."""
+
+    def __init__(self, channels: int):
+        self.count = torch.zeros(1, dtype=torch.float64)
+        self.mean = torch.zeros(channels, dtype=torch.float64)
+        self.comoment = torch.zeros(channels, channels, dtype=torch.float64)
+
+    @property
+    def samples(self) -> int:
+        return int(self.count.item())
+
+    def update(self, activation: torch.Tensor, rows: torch.Tensor) -> None:
+        kernels.covariance_accumulate(activation, rows, self.count, self.mean, self.comoment)
+
+    def covariance(self) -> np.ndarray:
+        """The sample covariance (ddof = 1; zeros with fewer than two samples)."""
+        n = self.samples
+        if n < 2:
+            return np.zeros(tuple(self.comoment.shape))
+        return (self.comoment / (n - 1)).numpy()

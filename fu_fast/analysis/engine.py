@@ -1,0 +1,220 @@
+"""The one pass over the data (SPEC section 2 and issue 2's design).
+
+Per batch:
+  1. one unmasked forward: records the base labels y0 and feeds every analysed layer's
+     covariance accumulator (hooks gather the sampled positions and drop the rest);
+  2. per analysed layer, forwards in which a hook replaces the layer's output by its
+     K-fold masked expansion: the part of the model before the layer runs on B rows, the
+     part after it on K*B rows. K is chunked to a memory budget.
+After the last batch, agreement counts become curves and prunable fractions, and the
+covariances become components, redundant units and |r| quantiles.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import kernels
+from ..errors import FuFastError
+from . import ablation, layers as layer_lib, masks, pca
+from .covariance import CovarianceAccumulator, PositionSample
+from .inputs import Batches
+from .result import AnalysisResult, LayerResult
+
+UNITS = ("position", "channel")
+DEFAULT_CPU_BUDGET = 1 << 30   # bytes for one chunk of masked passes on the CPU
+_PRECISIONS = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tolerance: float = 0.2,
+            pca_tolerance: float = 0.05, repeats: int = 3, levels=21, sample_cap: int = 50_000,
+            unit: str = "position", seed: int = 0, device=None, batch_size: int | None = None,
+            memory_budget: int | None = None, model_info: dict | None = None,
+            data_info: dict | None = None, trial: int | None = None,
+            progress: Callable[[int, int], None] | None = None) -> AnalysisResult:
+    """Prunability, redundancy and correlations of a model's layers, in one pass over data.
+
+    Args:
+        model: any module returning (batch, classes) logits.
+        data: a tensor of inputs, an (inputs, labels) pair, a Dataset or a DataLoader
+            (in a fixed order). Labels, when given, give the model's accuracy.
+        layers: names of the modules whose outputs are analysed (cut points); None uses
+            the model's ``analysis_layers`` or every activation module that is a cut point.
+        tolerance: label-agreement tolerance t of the prunable fraction.
+        pca_tolerance: share of the variance the kept components may leave unexplained.
+        repeats: independent random orders of ablation; the prunable fraction is their max.
+        levels: the number of grid points from 0 to 1, or the grid itself.
+        sample_cap: at most this many sampled positions per conv layer for redundancy.
+        unit: "position" (every C*H*W element of a conv output is a unit) or "channel".
+        seed: determines the masks and the position sample; nothing else is random.
+        device: where to run (default: where the model's parameters are).
+        batch_size: rows per batch for tensors and Datasets; results do not depend on it.
+        memory_budget: bytes one chunk of masked passes may use (default 1 GiB on the CPU,
+            half the free memory on a GPU).
+        model_info, data_info, trial: recorded in the result document as given.
+        progress: called with (examples done, examples in all) after each batch.
+    """
+    _check_settings(tolerance, pca_tolerance, repeats, sample_cap, unit)
+    try:
+        grid = masks.level_grid(levels)
+    except ValueError as e:
+        raise FuFastError(str(e)) from None
+    device = torch.device(device) if device is not None else _model_device(model)
+    dtype = _model_dtype(model)
+    _check_parameters(model)
+    batches = Batches(data, batch_size)
+
+    started = time.perf_counter()
+    was_training = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.inference_mode():
+            layer_records, counts, correct = _one_pass(
+                model, batches, layers, grid, repeats, sample_cap, unit, seed, device, dtype,
+                memory_budget, progress)
+    finally:
+        for module, training in was_training.items():
+            module.train(training)
+
+    results = {}
+    for layer, plan, sample, accumulator in layer_records:
+        curves = plan.curves(counts[layer.name], batches.examples)
+        covariance = accumulator.covariance()
+        red = pca.redundancy(covariance, pca_tolerance)
+        corr = pca.correlation(covariance)
+        results[layer.name] = LayerResult(
+            name=layer.name, kind=layer.kind, units=layer.units, ablation_units=layer.ablation_units,
+            curves=curves,
+            prunable_fraction=max(ablation.prunable_fraction(grid, c, tolerance) for c in curves),
+            samples=accumulator.samples, components=red.components, redundant_units=red.redundant_units,
+            explained_variance_ratio=red.explained_variance_ratio,
+            mean_abs_r=corr.mean_abs_r, abs_r_quantiles=corr.abs_r_quantiles)
+
+    info = dict(model_info or {})
+    model_doc = {"name": info.pop("name", type(model).__name__), "width": info.pop("width", None),
+                 "parameters": sum(p.numel() for p in model.parameters()),
+                 "accuracy": correct / batches.examples if batches.labels_known else None,
+                 "options": info.pop("options", {})}
+    dinfo = dict(data_info or {})
+    data_doc = {"name": dinfo.pop("name", batches.name), "examples": batches.examples,
+                "split": dinfo.pop("split", "given"), "options": dinfo.pop("options", {})}
+    settings = {"tolerance": tolerance, "pca_tolerance": pca_tolerance, "repeats": repeats,
+                "levels": grid, "sample_cap": sample_cap, "unit": unit, "seed": seed,
+                "precision": _PRECISIONS.get(dtype, str(dtype)), "device": str(device)}
+    return AnalysisResult(
+        model=model_doc, data=data_doc, settings=settings, layers=results, trial=trial,
+        timing={"seconds": time.perf_counter() - started, "passes_over_data": batches.passes},
+        build={"version": kernels.build_info()["version"], "backend": kernels.backend_for(device)})
+
+
+def _one_pass(model, batches, layer_names, grid, repeats, sample_cap, unit, seed, device, dtype,
+              memory_budget, progress):
+    probe = _prepare(batches.first(), device, dtype)
+    try:
+        analysed = layer_lib.resolve(model, probe[:16], list(layer_names) if layer_names is not None else None, unit)
+    except FuFastError:
+        raise
+    except Exception as e:  # the model itself failed on the probe batch
+        raise FuFastError(f"the model failed on the data: {type(e).__name__}: {e}") from None
+
+    records = []
+    for layer in analysed:
+        plan = masks.MaskPlan.build(layer.name, layer.ablation_units, grid, repeats, seed)
+        cap = sample_cap if layer.kind == "conv" else None
+        sample = PositionSample(batches.examples, layer.spatial, cap, masks.sampling_seed(seed, layer.name))
+        records.append((layer, plan, sample, CovarianceAccumulator(layer.units)))
+    counts = {layer.name: np.zeros(plan.num_masks, dtype=np.int64) for layer, plan, _, _ in records}
+    budget = memory_budget or _default_budget(device)
+
+    first, correct = 0, 0
+    for inputs, labels in batches:
+        x = _prepare(inputs, device, dtype)
+        rows = x.shape[0]
+        base = _base_forward(model, x, records, first)
+        if labels is not None:
+            correct += int((base == labels.to(base.device)).sum())
+        for layer, plan, _, _ in records:
+            chunk = max(1, min(plan.num_masks, budget // max(1, rows * layer.suffix_bytes_per_row)))
+            for start in range(0, plan.num_masks, chunk):
+                keys = list(plan.keys[start:start + chunk])
+                thresholds = list(plan.thresholds[start:start + chunk])
+                try:
+                    agreed = ablation.count_agreement(model, layer.module, x, base, keys, thresholds, layer.inner)
+                except FuFastError:
+                    raise
+                except RuntimeError as e:
+                    raise FuFastError(f"the masked pass at layer '{layer.name}' failed ({e}); the part of the "
+                                      "model after it must accept a batch of any size") from None
+                counts[layer.name][start:start + len(keys)] += agreed.numpy()
+        first += rows
+        if progress is not None:
+            progress(first, batches.examples)
+    return records, counts, correct
+
+
+def _base_forward(model, x, records, first_example):
+    """The unmasked forward: base labels, and every layer's sample merged into its covariance."""
+    handles = []
+    for layer, _, sample, accumulator in records:
+        def feed(_module, _inputs, output, layer=layer, sample=sample, accumulator=accumulator):
+            if not bool(torch.isfinite(output).all()):
+                raise FuFastError(f"layer '{layer.name}' produced NaN or infinite activations")
+            accumulator.update(output, sample.rows_in_batch(first_example, output.shape[0]))
+        handles.append(layer.module.register_forward_hook(feed))
+    try:
+        logits = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not bool(torch.isfinite(logits).all()):
+        raise FuFastError("the model's output contains NaN or infinite values")
+    return logits.argmax(dim=1)
+
+
+def _prepare(inputs: torch.Tensor, device, dtype) -> torch.Tensor:
+    x = inputs.to(device, non_blocking=True)
+    return x.to(dtype) if x.is_floating_point() else x
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.get_default_dtype()
+
+
+def _check_parameters(model: nn.Module) -> None:
+    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            raise FuFastError(f"the model's weights contain NaN or infinite values (in '{name}')")
+
+
+def _check_settings(tolerance, pca_tolerance, repeats, sample_cap, unit) -> None:
+    if not 0.0 <= tolerance < 1.0:
+        raise FuFastError(f"tolerance must be in [0, 1), got {tolerance}")
+    if not 0.0 <= pca_tolerance < 1.0:
+        raise FuFastError(f"pca_tolerance must be in [0, 1), got {pca_tolerance}")
+    if repeats < 1:
+        raise FuFastError(f"repeats must be at least 1, got {repeats}")
+    if sample_cap < 2:
+        raise FuFastError(f"sample_cap must be at least 2, got {sample_cap}")
+    if unit not in UNITS:
+        raise FuFastError(f"unit must be one of {', '.join(UNITS)}, got '{unit}'")
+
+
+def _default_budget(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free // 2
+    return DEFAULT_CPU_BUDGET

@@ -1,0 +1,103 @@
+"""The evaluation data as batches of (inputs, labels or None), whatever form it came in.
+
+Accepted: a tensor of inputs, an (inputs, labels) pair of tensors, a torch Dataset
+(items are inputs or (inputs, label, ...) tuples) or a DataLoader. The number of
+examples must be known before the pass (the position sample is drawn over the whole
+set); data without a length is counted by one extra pass.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from ..errors import FuFastError
+
+DEFAULT_BATCH_SIZE = 128
+
+
+class Batches:
+    def __init__(self, data, batch_size: int | None = None):
+        self.batch_size = batch_size or DEFAULT_BATCH_SIZE
+        if self.batch_size < 1:
+            raise FuFastError(f"batch_size must be positive, got {batch_size}")
+        self.passes = 1
+        self.labels_known = True
+        if isinstance(data, torch.Tensor):
+            self._inputs, self._labels = data, None
+            self.name, self.examples = "tensor", data.shape[0] if data.dim() else 0
+        elif isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+            self._inputs, self._labels = data
+            if self._inputs.shape[0] != self._labels.shape[0]:
+                raise FuFastError(f"inputs and labels differ in length: {self._inputs.shape[0]} vs {self._labels.shape[0]}")
+            self.name, self.examples = "tensor", self._inputs.shape[0]
+        elif isinstance(data, DataLoader):
+            self._loader = data
+            self.name = type(data.dataset).__name__
+            self.examples = _loader_length(data)
+        elif isinstance(data, Dataset):
+            self._loader = DataLoader(data, batch_size=self.batch_size, shuffle=False)
+            self.name = type(data).__name__
+            self.examples = _loader_length(self._loader)
+        else:
+            raise FuFastError(f"data must be a tensor, an (inputs, labels) pair, a Dataset or a DataLoader, "
+                              f"not {type(data).__name__}")
+        if self.examples is None:  # an iterable without a length: count it once
+            self.examples = sum(inputs.shape[0] for inputs, _ in self._iterate())
+            self.passes += 1
+        if self.examples == 0:
+            raise FuFastError("the data is empty: there are no examples to analyse")
+
+    def _iterate(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        if not hasattr(self, "_loader"):
+            for start in range(0, self.examples, self.batch_size):
+                stop = start + self.batch_size
+                yield self._inputs[start:stop], None if self._labels is None else self._labels[start:stop]
+            return
+        for item in self._loader:
+            yield _split_item(item)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        seen = 0
+        for inputs, labels in self._iterate():
+            if inputs.shape[0] == 0:
+                continue
+            seen += inputs.shape[0]
+            if labels is None:
+                self.labels_known = False
+            yield inputs, labels
+        if seen != self.examples:
+            raise FuFastError(f"the data yielded {seen} examples but announced {self.examples}; "
+                              "use a loader that yields every example once (no drop_last)")
+
+    def first(self) -> torch.Tensor:
+        for inputs, _ in self._iterate():
+            if inputs.shape[0]:
+                return inputs
+        raise FuFastError("the data is empty: there are no examples to analyse")
+
+
+def _split_item(item) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(item, torch.Tensor):
+        return item, None
+    if isinstance(item, (tuple, list)) and item and isinstance(item[0], torch.Tensor):
+        labels = item[1] if len(item) > 1 and isinstance(item[1], torch.Tensor) else None
+        if labels is not None and (labels.is_floating_point() or labels.dim() != 1):
+            labels = None
+        return item[0], labels
+    raise FuFastError(f"each batch must be a tensor or an (inputs, labels) tuple, not {type(item).__name__}")
+
+
+def _loader_length(loader: DataLoader) -> int | None:
+    if isinstance(loader.dataset, IterableDataset):
+        return None
+    try:
+        sampled = len(loader.sampler) if loader.batch_sampler is None or loader.batch_size is not None \
+            else sum(len(b) for b in loader.batch_sampler)
+    except TypeError:
+        return None
+    if loader.batch_size is not None and loader.drop_last:
+        sampled -= sampled % loader.batch_size
+    return sampled

@@ -1,0 +1,181 @@
+"""Analysed layers: name -> module, kind from the output shape, the cut-point check, and
+the default layers of a model.
+
+A layer is named by the module whose output is analysed. Its output must be a cut point:
+everything after it depends on the input only through that output. The check is
+behavioural, so it works for any model: the layer's output for input x1 is substituted
+into a forward pass on a different input x2; at a cut point the model then returns
+f(x1) exactly (up to rounding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import FuFastError
+
+# Modules whose outputs are the natural "units" of a network when it names no layers.
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+               nn.Mish, nn.Hardswish, nn.Hardtanh, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.PReLU)
+
+
+@dataclass
+class Layer:
+    name: str
+    module: nn.Module
+    shape: tuple[int, ...]            # one example's output shape: (C,) or (C, H, W)
+    unit: str                         # "position" or "channel"
+    suffix_bytes_per_row: int = 0     # memory estimate of the passes after this layer
+    calls: int = field(default=1, repr=False)
+
+    @property
+    def kind(self) -> str:
+        return "linear" if len(self.shape) == 1 else "conv"
+
+    @property
+    def units(self) -> int:
+        """Units for redundancy: features or channels."""
+        return self.shape[0]
+
+    @property
+    def spatial(self) -> int:
+        return 1 if self.kind == "linear" else self.shape[1] * self.shape[2]
+
+    @property
+    def ablation_units(self) -> int:
+        """n of SPEC section 2: C*H*W for conv layers with unit=position, else C."""
+        return self.units * self.spatial if self.unit == "position" else self.units
+
+    @property
+    def inner(self) -> int:
+        """Elements per ablation unit in a row of the output."""
+        return self.spatial if self.unit == "channel" else 1
+
+
+def model_layers(model: nn.Module) -> list[str] | None:
+    """The analysis layers a model declares (zoo models set ``analysis_layers``)."""
+    declared = getattr(model, "analysis_layers", None)
+    if callable(declared):
+        declared = declared()
+    return list(declared) if declared else None
+
+
+class _Recorder:
+    """Forward hooks on every module: call counts, output shapes and execution order."""
+
+    def __init__(self, model: nn.Module):
+        self.order: list[tuple[str, int]] = []  # (module name, output bytes per row) per call
+        self.calls: dict[str, int] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.outputs: dict[int, str] = {}       # id(output tensor) -> module name
+        self._handles = [m.register_forward_hook(self._hook(name)) for name, m in model.named_modules() if name]
+
+    def _hook(self, name):
+        def record(_module, _inputs, output):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            if isinstance(output, torch.Tensor) and output.dim() >= 1:
+                self.shapes[name] = tuple(output.shape[1:])
+                per_row = output[0].numel() * output.element_size() if output.shape[0] else 0
+                self.order.append((name, per_row))
+                self.outputs[id(output)] = name
+            else:
+                self.shapes.pop(name, None)
+        return record
+
+    def remove(self):
+        for handle in self._handles:
+            handle.remove()
+
+
+def _is_cut_point(model: nn.Module, module: nn.Module, x1: torch.Tensor, x2: torch.Tensor) -> bool:
+    captured = {}
+
+    def capture(_m, _i, output):
+        captured["output"] = output
+
+    def substitute(_m, _i, _output):
+        return captured["output"]
+
+    handle = module.register_forward_hook(capture)
+    try:
+        reference = model(x1)
+    finally:
+        handle.remove()
+    handle = module.register_forward_hook(substitute)
+    try:
+        substituted = model(x2)
+    finally:
+        handle.remove()
+    if not isinstance(reference, torch.Tensor):
+        return False
+    scale = float(reference.abs().max()) if reference.numel() else 0.0
+    return bool(torch.allclose(substituted, reference, rtol=1e-4, atol=1e-5 * scale + 1e-6))
+
+
+def _other_input(x: torch.Tensor) -> torch.Tensor:
+    """An input unlike x for the cut-point check: rows reversed, plus noise for float data."""
+    generator = torch.Generator(device="cpu").manual_seed(12345)
+    other = x.flip(0)
+    if x.is_floating_point():
+        noise = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x.device, x.dtype)
+        scale = x.std() if x.numel() > 1 else x.abs().mean()
+        other = other + noise * (scale if float(scale) > 0 else 1.0)
+    return other
+
+
+def resolve(model: nn.Module, probe: torch.Tensor, names: list[str] | None, unit: str) -> list[Layer]:
+    """Layers to analyse, checked on a probe batch; default layers when names is None."""
+    modules = dict(model.named_modules())
+    recorder = _Recorder(model)
+    try:
+        output = model(probe)
+    finally:
+        recorder.remove()
+    if not isinstance(output, torch.Tensor) or output.dim() != 2:
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise FuFastError(f"the model must return (batch, classes) logits; it returned {shape}")
+
+    explicit = names is not None
+    if names is None:
+        names = model_layers(model)
+        explicit = names is not None
+    if names is None:
+        output_module = recorder.outputs.get(id(output))
+        names = [n for n, m in modules.items()
+                 if isinstance(m, ACTIVATIONS) and recorder.calls.get(n) == 1 and n != output_module]
+
+    x2 = _other_input(probe)
+    layers = []
+    for name in names:
+        module = modules.get(name) if name else None
+        if module is None:
+            raise FuFastError(f"unknown layer '{name}': the model has no module of that name")
+        calls = recorder.calls.get(name, 0)
+        if calls != 1:
+            raise FuFastError(f"layer '{name}' runs {calls} times per forward pass; "
+                              "name a module that runs once (its output is the analysed layer)")
+        shape = recorder.shapes.get(name)
+        if shape is None or len(shape) not in (1, 3):
+            raise FuFastError(f"layer '{name}' outputs {shape}; expected (N, C) or (N, C, H, W) tensors")
+        if not _is_cut_point(model, module, probe, x2):
+            if explicit:
+                raise FuFastError(f"layer '{name}' is not a cut point: the model's output depends on "
+                                  "its input through another path (a skip connection?)")
+            continue
+        layers.append(Layer(name, module, shape, unit, _suffix_bytes(recorder.order, name)))
+    if not layers:
+        raise FuFastError("the model has no analysable layers: name them with layers=[...] "
+                          "(modules whose outputs are cut points)")
+    return layers
+
+
+def _suffix_bytes(order: list[tuple[str, int]], name: str) -> int:
+    """Peak memory per row of a pass from this layer on: its output plus the two largest
+    outputs after it (inference mode frees each intermediate once its consumer ran)."""
+    position = max(i for i, (n, _) in enumerate(order) if n == name)
+    own = order[position][1]
+    after = sorted((b for _, b in order[position + 1:]), reverse=True)[:2]
+    return own + sum(after)

@@ -1,0 +1,58 @@
+"""PCA redundancy and |r| correlations from an accumulated covariance (SPEC section 2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+@dataclass(frozen=True)
+class Redundancy:
+    components: int
+    redundant_units: int
+    explained_variance_ratio: list[float]
+
+
+def redundancy(covariance: np.ndarray, pca_tolerance: float) -> Redundancy:
+    """k = the fewest components explaining (1 - t_pca) of the variance; redundant = C - k.
+
+    Eigenvalues come from float64 eigh; the tiny negative ones that rounding gives a
+    singular covariance are zero variance. Dead or constant units carry no variance and
+    so count as redundant; zero total variance gives k = 0.
+    """
+    channels = covariance.shape[0]
+    eigenvalues = np.clip(np.linalg.eigvalsh(covariance)[::-1], 0.0, None)
+    total = float(eigenvalues.sum())
+    if not np.isfinite(total):
+        raise ValueError("the covariance is not finite")
+    if total <= 0.0:
+        return Redundancy(0, channels, [0.0] * channels)
+    ratios = eigenvalues / total
+    cumulative = np.cumsum(ratios)
+    # The smallest k with cumulative[k-1] >= 1 - t; rounding may leave the full sum a hair
+    # below 1, which must still count as "all of the variance".
+    target = min(1.0 - pca_tolerance, float(cumulative[-1]))
+    components = int(np.searchsorted(cumulative, target, side="left")) + 1
+    return Redundancy(components, channels - components, [float(r) for r in ratios])
+
+
+@dataclass(frozen=True)
+class Correlation:
+    mean_abs_r: float | None
+    abs_r_quantiles: dict[str, float] | None
+
+
+def correlation(covariance: np.ndarray) -> Correlation:
+    """|r| over all pairs of units that vary (a constant unit has no correlation)."""
+    std = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
+    live = np.flatnonzero(std > 0.0)
+    if len(live) < 2:
+        return Correlation(None, None)
+    sub = covariance[np.ix_(live, live)] / np.outer(std[live], std[live])
+    upper = np.abs(sub[np.triu_indices(len(live), k=1)])
+    np.clip(upper, 0.0, 1.0, out=upper)
+    values = np.quantile(upper, QUANTILES)
+    return Correlation(float(upper.mean()), {str(q): float(v) for q, v in zip(QUANTILES, values)})

@@ -1,0 +1,159 @@
+"""AnalysisResult: the per-layer records and the JSON document of SPEC section 5."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = "fu-fast/analysis/1"
+
+
+@dataclass
+class LayerResult:
+    name: str
+    kind: str
+    units: int
+    ablation_units: int
+    curves: list[list[float]]
+    prunable_fraction: float
+    samples: int
+    components: int
+    redundant_units: int
+    explained_variance_ratio: list[float]
+    mean_abs_r: float | None
+    abs_r_quantiles: dict[str, float] | None
+    reference_units: int | None = None
+    reference_ablation_units: int | None = None
+
+    @property
+    def prunable_units(self) -> float:
+        return self.prunable_fraction * self.ablation_units
+
+    @property
+    def prunability_normalized(self) -> float | None:
+        if not self.reference_ablation_units:
+            return None
+        return self.prunable_units / self.reference_ablation_units
+
+    @property
+    def redundancy_normalized(self) -> float | None:
+        if not self.reference_units:
+            return None
+        return self.redundant_units / self.reference_units
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "kind": self.kind, "units": self.units,
+            "ablation_units": self.ablation_units,
+            "reference_units": self.reference_units,
+            "reference_ablation_units": self.reference_ablation_units,
+            "prunability": {"curves": self.curves, "prunable_fraction": self.prunable_fraction,
+                            "prunable_units": self.prunable_units,
+                            "normalized": self.prunability_normalized},
+            "redundancy": {"samples": self.samples, "components": self.components,
+                           "redundant_units": self.redundant_units,
+                           "explained_variance_ratio": self.explained_variance_ratio,
+                           "normalized": self.redundancy_normalized},
+            "correlation": {"mean_abs_r": self.mean_abs_r, "abs_r_quantiles": self.abs_r_quantiles},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LayerResult":
+        p, r, c = d["prunability"], d["redundancy"], d["correlation"]
+        return cls(d["name"], d["kind"], d["units"], d["ablation_units"], p["curves"], p["prunable_fraction"],
+                   r["samples"], r["components"], r["redundant_units"], r["explained_variance_ratio"],
+                   c["mean_abs_r"], c["abs_r_quantiles"], d.get("reference_units"),
+                   d.get("reference_ablation_units"))
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    if not values or any(v is None for v in values):
+        return None
+    return sum(values) / len(values)
+
+
+@dataclass
+class AnalysisResult:
+    model: dict
+    data: dict
+    settings: dict
+    layers: dict[str, LayerResult]
+    timing: dict
+    build: dict
+    trial: int | None = None
+
+    @property
+    def summary(self) -> dict:
+        """Network-level values: the mean of the normalised per-layer values."""
+        layers = list(self.layers.values())
+        return {"prunability": _mean_or_none([l.prunability_normalized for l in layers]),
+                "redundancy": _mean_or_none([l.redundancy_normalized for l in layers])}
+
+    def normalize(self, reference: "AnalysisResult") -> "AnalysisResult":
+        """Set every layer's reference units from the same layer of the 4x model (in place)."""
+        for name, layer in self.layers.items():
+            ref = reference.layers.get(name)
+            if ref is None:
+                raise ValueError(f"the reference model has no layer '{name}'")
+            layer.reference_units, layer.reference_ablation_units = ref.units, ref.ablation_units
+        return self
+
+    def to_dict(self) -> dict:
+        document = {
+            "schema": SCHEMA, "model": self.model, "data": self.data, "trial": self.trial,
+            "settings": self.settings, "layers": [l.to_dict() for l in self.layers.values()],
+            "summary": self.summary, "timing": self.timing, "build": self.build,
+        }
+        _check_finite(document)
+        return document
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the JSON document atomically: a reader sees the old file or the whole new one."""
+        return write_atomic(path, self.to_json() + "\n")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AnalysisResult":
+        if d.get("schema") != SCHEMA:
+            raise ValueError(f"not a fu-fast analysis document (schema {d.get('schema')!r})")
+        layers = {l["name"]: LayerResult.from_dict(l) for l in d["layers"]}
+        return cls(d["model"], d["data"], d["settings"], layers, d["timing"], d["build"], d.get("trial"))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "AnalysisResult":
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def _check_finite(value, where="result") -> None:
+    """No NaN or infinity ever reaches a result document (SPEC section 2)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"non-finite value at {where}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{where}[{i}]")

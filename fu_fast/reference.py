@@ -1,0 +1,128 @@
+"""Plain PyTorch / NumPy references of every native kernel, and the naive ablation path.
+
+These are the test oracles (each kernel is compared with its reference on fresh random
+inputs) and the baseline of the benchmarks. They favour obviousness over speed: masks
+are materialised, covariance is computed from the full sample matrix, and the naive
+path runs one full forward pass per mask, as the paper's code does.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import torch
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_ROUNDS = 6
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    # splitmix64 finaliser; uint64 arithmetic wraps modulo 2^64 as in C++.
+    z = z ^ (z >> np.uint64(30))
+    z = z * np.uint64(0xBF58476D1CE4E5B9)
+    z = z ^ (z >> np.uint64(27))
+    z = z * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _feistel(x: np.ndarray, key: int, half: int) -> np.ndarray:
+    half_mask = np.uint64((1 << half) - 1)
+    left, right = x >> np.uint64(half), x & half_mask
+    for round_ in range(_ROUNDS):
+        round_key = np.uint64((key + round_ * _GOLDEN) & _MASK64)
+        f = _mix64(right ^ round_key) & half_mask
+        left, right = right, left ^ f
+    return (left << np.uint64(half)) | right
+
+
+def permutation_ranks(key: int, n: int) -> np.ndarray:
+    """rank_key(u) for u < n: the keyed Feistel bijection of csrc/permutation.h."""
+    bits = int(n - 1).bit_length() if n > 1 else 0
+    half = max(1, (bits + 1) // 2)
+    with np.errstate(over="ignore"):
+        x = _feistel(np.arange(n, dtype=np.uint64), key, half)
+        outside = x >= np.uint64(n)
+        while outside.any():  # cycle walking
+            x[outside] = _feistel(x[outside], key, half)
+            outside = x >= np.uint64(n)
+    return x.astype(np.int64)
+
+
+def ablation_masks(keys: Iterable[int], thresholds: Iterable[int], units: int) -> torch.Tensor:
+    """Boolean (K, units) tensor, True where a unit is ablated (rank < threshold)."""
+    rows = [torch.from_numpy(permutation_ranks(k, units)) < t for k, t in zip(keys, thresholds)]
+    return torch.stack(rows)
+
+
+def expand_masked(x: torch.Tensor, keys: list[int], thresholds: list[int], inner: int) -> torch.Tensor:
+    """K masked copies of x (B, ...) stacked to (K*B, ...), masks materialised."""
+    batch = x.shape[0]
+    units = x[0].numel() // inner
+    keep = ~ablation_masks(keys, thresholds, units).to(x.device)            # (K, units)
+    rows = x.reshape(1, batch, units, inner) * keep.reshape(len(keys), 1, units, 1).to(x.dtype)
+    return rows.reshape((len(keys) * batch,) + tuple(x.shape[1:]))
+
+
+def label_agreement(logits: torch.Tensor, base_labels: torch.Tensor, num_masks: int) -> torch.Tensor:
+    """Per mask, the count of rows whose argmax equals the base label."""
+    labels = logits.argmax(dim=1).reshape(num_masks, -1)
+    return (labels == base_labels.reshape(1, -1).to(labels.device)).sum(dim=1).cpu()
+
+
+def gather_rows(activation: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The (len(rows), C) sample matrix: row b*H*W + s of the flattened positions."""
+    if activation.dim() == 2:
+        return activation[rows.to(activation.device)]
+    batch, channels = activation.shape[:2]
+    flat = activation.reshape(batch, channels, -1).permute(0, 2, 1).reshape(-1, channels)
+    return flat[rows.to(activation.device)]
+
+
+def covariance_accumulate(activation: torch.Tensor, rows: torch.Tensor, count: torch.Tensor,
+                          mean: torch.Tensor, comoment: torch.Tensor) -> None:
+    """Chan et al.'s merge of one batch of sampled rows into float64 running moments."""
+    samples = gather_rows(activation, rows).to(torch.float64)
+    n_b = samples.shape[0]
+    batch_mean = samples.mean(dim=0)
+    centred = samples - batch_mean
+    batch_comoment = (centred.T @ centred).cpu()
+    batch_mean = batch_mean.cpu()
+    n_a = float(count.item())
+    n = n_a + n_b
+    delta = batch_mean - mean
+    comoment += batch_comoment + torch.outer(delta, delta) * (n_a * n_b / n)
+    mean += delta * (n_b / n)
+    count.fill_(n)
+
+
+def covariance(samples: np.ndarray) -> np.ndarray:
+    """Sample covariance (ddof=1) of a (rows, C) matrix, in float64."""
+    return np.cov(np.asarray(samples, dtype=np.float64), rowvar=False, ddof=1).reshape(
+        samples.shape[1], samples.shape[1])
+
+
+@torch.inference_mode()
+def naive_ablation_counts(model: torch.nn.Module, module: torch.nn.Module, batches,
+                          keys: list[int], thresholds: list[int], inner: int) -> np.ndarray:
+    """Agreement counts by one full forward pass per mask and batch (the paper's way).
+
+    A forward hook multiplies the module's output by a materialised 0/1 mask.
+    """
+    counts = np.zeros(len(keys), dtype=np.int64)
+    for inputs in batches:
+        base = model(inputs).argmax(dim=1)
+        for k, (key, threshold) in enumerate(zip(keys, thresholds)):
+            def hook(_module, _inputs, output, key=key, threshold=threshold):
+                units = output[0].numel() // inner
+                keep = ~ablation_masks([key], [threshold], units)[0].to(output.device)
+                shape = (1, units, inner)
+                return (output.reshape((-1,) + shape) * keep.reshape(shape).to(output.dtype)).reshape(output.shape)
+
+            handle = module.register_forward_hook(hook)
+            try:
+                counts[k] += int((model(inputs).argmax(dim=1) == base).sum())
+            finally:
+                handle.remove()
+    return counts
