@@ -117,8 +117,8 @@ def naive_ablation_counts(model: torch.nn.Module, module: torch.nn.Module, batch
             def hook(_module, _inputs, output, key=key, threshold=threshold):
                 units = output[0].numel() // inner
                 keep = ~ablation_masks([key], [threshold], units)[0].to(output.device)
-                shape = (1, units, inner)
-                return (output.reshape((-1,) + shape) * keep.reshape(shape).to(output.dtype)).reshape(output.shape)
+                masked = output.reshape(-1, units, inner) * keep.reshape(1, units, 1).to(output.dtype)
+                return masked.reshape(output.shape)
 
             handle = module.register_forward_hook(hook)
             try:

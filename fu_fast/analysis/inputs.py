@@ -20,7 +20,7 @@ DEFAULT_BATCH_SIZE = 128
 
 class Batches:
     def __init__(self, data, batch_size: int | None = None):
-        self.batch_size = batch_size or DEFAULT_BATCH_SIZE
+        self.batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
         if self.batch_size < 1:
             raise FuFastError(f"batch_size must be positive, got {batch_size}")
         self.passes = 1

@@ -71,6 +71,7 @@ class _Recorder:
         self.calls: dict[str, int] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.outputs: dict[int, str] = {}       # id(output tensor) -> module name
+        self.first_nonfinite: str | None = None  # the first module whose output has NaN/inf
         self._handles = [m.register_forward_hook(self._hook(name)) for name, m in model.named_modules() if name]
 
     def _hook(self, name):
@@ -81,6 +82,9 @@ class _Recorder:
                 per_row = output[0].numel() * output.element_size() if output.shape[0] else 0
                 self.order.append((name, per_row))
                 self.outputs[id(output)] = name
+                if self.first_nonfinite is None and output.is_floating_point() \
+                        and not bool(torch.isfinite(output).all()):
+                    self.first_nonfinite = name
             else:
                 self.shapes.pop(name, None)
         return record
@@ -134,6 +138,9 @@ def resolve(model: nn.Module, probe: torch.Tensor, names: list[str] | None, unit
         output = model(probe)
     finally:
         recorder.remove()
+    if recorder.first_nonfinite is not None:
+        raise FuFastError(f"module '{recorder.first_nonfinite}' produced NaN or infinite activations "
+                          "on the first batch")
     if not isinstance(output, torch.Tensor) or output.dim() != 2:
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise FuFastError(f"the model must return (batch, classes) logits; it returned {shape}")

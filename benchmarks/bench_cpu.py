@@ -1,0 +1,429 @@
+"""CPU benchmark: the naive ablation path (one full forward per mask) against the engine.
+
+Both paths run in one process, interleaved (naive, engine, engine, naive, ...), and the
+median of several repetitions of each is reported, with the ratio naive / engine, so
+that a shared, noisy machine affects both alike. Absolute seconds are machine-dependent;
+the ratios are the result.
+
+    python benchmarks/bench_cpu.py                 # full run (a few minutes on 2 cores)
+    python benchmarks/bench_cpu.py --quick         # smoke test (seconds)
+    python benchmarks/bench_cpu.py --repeats 5 --json bench.json
+
+What is timed, per case:
+  naive   fu_fast.reference.naive_ablation_counts on every analysed layer, with the
+          same 21 levels x 3 repeats = 63 masks per layer as the engine (p = 0 included,
+          as the paper's code runs it), the same batches, model.eval(), inference mode.
+  engine  the whole fu_fast.analyze call (ablation, covariance, PCA, checks).
+  engine ablation   the engine's masked passes alone (the time spent inside
+          fu_fast.analysis.ablation.count_agreement), against the naive masked passes
+          alone (the naive forwards during which the layer's mask hook is registered).
+
+The benchmark also checks that the naive counts give the engine's curves: the naive
+count of (repeat r, level i) divided by the number of examples must equal
+result.layers[layer].curves[r][i] (the engine sets the p = 0 point to 1.0 without a pass).
+It compares the timed float32 runs, and float64 copies of the models on a subset of the
+examples, where the two paths must agree exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+import fu_fast
+from fu_fast import reference
+from fu_fast.analysis import ablation as engine_ablation
+from fu_fast.analysis import masks
+
+LEVELS = 21
+MASK_REPEATS = 3
+SEED = 0
+
+
+# ----------------------------------------------------------------------------- models
+# Benchmark-only definitions (a model zoo comes later).
+
+class MLP(nn.Module):
+    """Linear(d_in, hidden) -> ReLU -> Linear(hidden, classes); analysed layer: relu1."""
+
+    def __init__(self, d_in: int, hidden: int, classes: int = 10):
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, hidden)
+        self.relu1 = nn.ReLU()
+        self.fc2 = nn.Linear(hidden, classes)
+
+    analysis_layers = ("relu1",)
+
+    def forward(self, x):
+        return self.fc2(self.relu1(self.fc1(x.flatten(1))))
+
+
+class AlexNetCifar(nn.Module):
+    """The small AlexNet of CIFAR-10 papers, channel widths scaled by ``width``.
+
+    conv5x5 96 -> ReLU -> maxpool 3/2 -> LRN; conv5x5 256 -> ReLU -> maxpool 3/2 -> LRN;
+    FC 384 -> ReLU; FC 192 -> ReLU; FC 10. Analysed layers (cut points): norm1, norm2,
+    relu3, relu4 (the four hidden layers' outputs).
+    """
+
+    def __init__(self, width: float = 1.0, classes: int = 10):
+        super().__init__()
+        c1, c2, f3, f4 = (max(1, round(c * width)) for c in (96, 256, 384, 192))
+        self.conv1 = nn.Conv2d(3, c1, 5, padding=2)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(3, 2)                      # 32 -> 15
+        self.norm1 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
+        self.conv2 = nn.Conv2d(c1, c2, 5, padding=2)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.MaxPool2d(3, 2)                      # 15 -> 7
+        self.norm2 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
+        self.fc3 = nn.Linear(c2 * 7 * 7, f3)
+        self.relu3 = nn.ReLU()
+        self.fc4 = nn.Linear(f3, f4)
+        self.relu4 = nn.ReLU()
+        self.fc5 = nn.Linear(f4, classes)
+
+    analysis_layers = ("norm1", "norm2", "relu3", "relu4")
+
+    def forward(self, x):
+        x = self.norm1(self.pool1(self.relu1(self.conv1(x))))
+        x = self.norm2(self.pool2(self.relu2(self.conv2(x))))
+        x = self.relu3(self.fc3(x.flatten(1)))
+        x = self.relu4(self.fc4(x))
+        return self.fc5(x)
+
+
+# ----------------------------------------------------------------------------- cases
+
+@dataclass
+class Case:
+    name: str
+    description: str
+    model: nn.Module
+    inputs: torch.Tensor
+    layers: tuple[str, ...]
+    batch_size: int
+    expected_ratio: float
+    settings: dict = field(default_factory=dict)
+
+
+def build_cases(quick: bool, cnn_examples: int, cnn_width: float, mlp_examples: int,
+                batch_size: int, only: list[str] | None) -> list[Case]:
+    generator = torch.Generator().manual_seed(SEED)
+    cases = []
+    if quick:
+        mlp = dict(d_in=1000, hidden=64, examples=64)
+        cnn = dict(width=0.125, examples=16)
+        batch_size = min(batch_size, 32)
+    else:
+        mlp = dict(d_in=10_000, hidden=512, examples=mlp_examples)
+        cnn = dict(width=cnn_width, examples=cnn_examples)
+    if not only or "mlp" in only:
+        torch.manual_seed(SEED)
+        model = MLP(mlp["d_in"], mlp["hidden"]).eval()
+        inputs = torch.randn(mlp["examples"], mlp["d_in"], generator=generator)
+        cases.append(Case("mlp", f"MLP {mlp['d_in']}-{mlp['hidden']}-10, {mlp['examples']} examples, layer relu1",
+                          model, inputs, MLP.analysis_layers, batch_size, 10.0, mlp))
+    if not only or "cnn" in only:
+        torch.manual_seed(SEED + 1)
+        model = AlexNetCifar(cnn["width"]).eval()
+        inputs = torch.randn(cnn["examples"], 3, 32, 32, generator=generator)
+        cases.append(Case("cnn", f"AlexNet-CIFAR x{cnn['width']:g}, {cnn['examples']} images 32x32x3, "
+                          "layers norm1, norm2, relu3, relu4",
+                          model, inputs, AlexNetCifar.analysis_layers, batch_size, 3.0, cnn))
+    return cases
+
+
+# ----------------------------------------------------------------------------- the two paths
+
+def layer_units(model: nn.Module, inputs: torch.Tensor, layers) -> dict[str, int]:
+    """n of every analysed layer (unit = position: every element of one example's output)."""
+    modules = dict(model.named_modules())
+    units, handles = {}, []
+    for name in layers:
+        def record(_m, _i, output, name=name):
+            units[name] = output[0].numel()
+        handles.append(modules[name].register_forward_hook(record))
+    try:
+        with torch.inference_mode():
+            model(inputs[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return units
+
+
+def naive_masks(layer: str, units: int) -> tuple[list[int], list[int]]:
+    """The 63 masks of one layer in (repeat, level) order, p = 0 included."""
+    keys, thresholds = [], []
+    for r in range(MASK_REPEATS):
+        key = masks.mask_key(SEED, layer, r)
+        for p in masks.level_grid(LEVELS):
+            keys.append(key)
+            thresholds.append(masks.threshold(p, units))
+    return keys, thresholds
+
+
+@contextmanager
+def _forward_timer(model: nn.Module, module: nn.Module, sink: list[float]):
+    """Adds to sink the duration of every forward of model during which module has a
+    forward hook (in the naive path: the masked passes; the unmasked one has none)."""
+    start = {}
+
+    def before(_m, _i):
+        start["t"] = time.perf_counter()
+
+    def after(_m, _i, _o):
+        if module._forward_hooks:  # noqa: SLF001 - benchmark-only classification
+            sink.append(time.perf_counter() - start["t"])
+
+    handles = [model.register_forward_pre_hook(before), model.register_forward_hook(after)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def run_naive(case: Case, inputs: torch.Tensor, model: nn.Module, units: dict[str, int]):
+    """Seconds (total, masked passes), counts per layer."""
+    modules = dict(model.named_modules())
+    batches = [inputs[s:s + case.batch_size] for s in range(0, inputs.shape[0], case.batch_size)]
+    model.eval()
+    counts, masked = {}, []
+    gc.collect()
+    started = time.perf_counter()
+    for layer in case.layers:
+        keys, thresholds = naive_masks(layer, units[layer])
+        with _forward_timer(model, modules[layer], masked):
+            counts[layer] = reference.naive_ablation_counts(model, modules[layer], batches, keys, thresholds, 1)
+    return time.perf_counter() - started, sum(masked), counts
+
+
+@contextmanager
+def _count_agreement_timer(sink: list[float]):
+    """Times the engine's masked passes by wrapping ablation.count_agreement (the engine
+    calls it through the module attribute)."""
+    original = engine_ablation.count_agreement
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            sink.append(time.perf_counter() - t0)
+
+    engine_ablation.count_agreement = timed
+    try:
+        yield
+    finally:
+        engine_ablation.count_agreement = original
+
+
+def run_engine(case: Case, inputs: torch.Tensor, model: nn.Module):
+    """Seconds (total analyze call, masked passes), result."""
+    masked = []
+    gc.collect()
+    with _count_agreement_timer(masked):
+        started = time.perf_counter()
+        result = fu_fast.analyze(model, inputs, layers=list(case.layers), repeats=MASK_REPEATS,
+                                 levels=LEVELS, seed=SEED, unit="position", batch_size=case.batch_size)
+        seconds = time.perf_counter() - started
+    return seconds, sum(masked), result
+
+
+def compare(counts: dict[str, np.ndarray], result, examples: int) -> dict:
+    """Curve points where count / N differs from the engine's curve; must be none."""
+    out = {"points": 0, "mismatches": 0, "max_abs_diff": 0.0, "p0_not_full": 0, "layers": {}}
+    for layer, layer_counts in counts.items():
+        curves = result.layers[layer].curves
+        naive = (layer_counts.astype(np.float64) / examples).reshape(MASK_REPEATS, LEVELS)
+        engine = np.asarray(curves, dtype=np.float64)
+        diff = np.abs(naive - engine)
+        bad = int((naive != engine).sum())
+        out["layers"][layer] = {"mismatches": bad, "max_abs_diff": float(diff.max()),
+                                "prunable_fraction": result.layers[layer].prunable_fraction}
+        out["points"] += naive.size
+        out["mismatches"] += bad
+        out["max_abs_diff"] = max(out["max_abs_diff"], float(diff.max()))
+        out["p0_not_full"] += int((layer_counts.reshape(MASK_REPEATS, LEVELS)[:, 0] != examples).sum())
+    return out
+
+
+def _double(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model).double()
+
+
+# ----------------------------------------------------------------------------- driver
+
+def bench_case(case: Case, repeats: int, check_examples: int, log) -> dict:
+    model, inputs = case.model, case.inputs
+    units = layer_units(model, inputs, case.layers)
+    log(f"\n[{case.name}] {case.description}; batch {case.batch_size}; "
+        f"units {', '.join(f'{k}={v}' for k, v in units.items())}")
+
+    # Warm-up (untimed): first-call costs of both paths on a few examples.
+    warm = inputs[:min(inputs.shape[0], 8)]
+    modules = dict(model.named_modules())
+    for layer in case.layers:
+        keys, thresholds = naive_masks(layer, units[layer])
+        reference.naive_ablation_counts(model, modules[layer], [warm], keys[:2], thresholds[:2], 1)
+    fu_fast.analyze(model, warm, layers=list(case.layers), repeats=1, levels=3, batch_size=case.batch_size)
+
+    samples = {"naive": [], "engine": [], "naive_masked": [], "engine_masked": []}
+    last_counts, last_result, stable = None, None, True
+    for rep in range(repeats):
+        order = ("naive", "engine") if rep % 2 == 0 else ("engine", "naive")
+        for path in order:
+            if path == "naive":
+                seconds, masked, counts = run_naive(case, inputs, model, units)
+                if last_counts is not None:
+                    stable &= all(np.array_equal(counts[k], last_counts[k]) for k in counts)
+                last_counts = counts
+            else:
+                seconds, masked, result = run_engine(case, inputs, model)
+                if last_result is not None:
+                    stable &= all(result.layers[k].curves == last_result.layers[k].curves for k in case.layers)
+                last_result = result
+            samples[path].append(seconds)
+            samples[path + "_masked"].append(masked)
+            log(f"  rep {rep + 1}/{repeats} {path:6s} {seconds:8.3f} s  (masked passes {masked:8.3f} s)")
+
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    record = {
+        "case": case.name, "description": case.description, "settings": case.settings,
+        "batch_size": case.batch_size, "examples": int(inputs.shape[0]), "layers": list(case.layers),
+        "units": units, "masks_per_layer_naive": MASK_REPEATS * LEVELS,
+        "masks_per_layer_engine": {k: masks.MaskPlan.build(k, units[k], masks.level_grid(LEVELS),
+                                                            MASK_REPEATS, SEED).num_masks for k in case.layers},
+        "samples": samples, "median": med,
+        "ratio": med["naive"] / med["engine"],
+        "ratio_ablation": med["naive_masked"] / med["engine_masked"] if med["engine_masked"] else None,
+        "ratio_per_rep_median": statistics.median(n / e for n, e in zip(samples["naive"], samples["engine"])),
+        "expected_ratio": case.expected_ratio,
+        "repeatable": stable,
+        "agreement_fp32": compare(last_counts, last_result, inputs.shape[0]),
+    }
+    record["meets_expectation"] = record["ratio"] >= case.expected_ratio
+
+    if check_examples:
+        sub = inputs[:min(check_examples, inputs.shape[0])].double()
+        model64 = _double(model)
+        _, _, counts64 = run_naive(case, sub, model64, units)
+        _, _, result64 = run_engine(case, sub, model64)
+        record["agreement_fp64"] = dict(compare(counts64, result64, sub.shape[0]), examples=int(sub.shape[0]))
+    return record
+
+
+def _agree_text(check: dict | None) -> str:
+    if check is None:
+        return "-"
+    ok = check["mismatches"] == 0 and check["p0_not_full"] == 0
+    text = "yes" if ok else f"NO ({check['mismatches']}/{check['points']} pts, max {check['max_abs_diff']:.3g})"
+    return text
+
+
+def print_table(records: list[dict], out=sys.stdout) -> None:
+    head = (f"{'case':5s} {'naive s':>9s} {'engine s':>9s} {'ratio':>7s} {'expect':>7s} | "
+            f"{'naive abl s':>11s} {'engine abl s':>12s} {'ratio':>7s} | {'curves agree fp32':<18s} {'fp64':<10s}")
+    print(head, file=out)
+    print("-" * len(head), file=out)
+    for r in records:
+        m = r["median"]
+        ratio_abl = f"{r['ratio_ablation']:6.1f}x" if r["ratio_ablation"] else "     -"
+        print(f"{r['case']:5s} {m['naive']:9.3f} {m['engine']:9.3f} {r['ratio']:6.1f}x {'>=' + format(r['expected_ratio'], 'g'):>7s} | "
+              f"{m['naive_masked']:11.3f} {m['engine_masked']:12.3f} {ratio_abl} | "
+              f"{_agree_text(r['agreement_fp32']):<18s} {_agree_text(r.get('agreement_fp64')):<10s}", file=out)
+
+
+def environment() -> dict:
+    info = fu_fast.build_info()
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "fu_fast": fu_fast.__version__,
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "platform": platform.platform(), "processor": platform.processor(),
+            "build": {k: info.get(k) for k in ("version", "backends", "openmp") if k in info}}
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny models and data: a smoke test of seconds")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed repetitions of each path, interleaved (default 3; 1 with --quick)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    p.add_argument("--cases", nargs="+", choices=("mlp", "cnn"), help="run only these cases")
+    p.add_argument("--batch-size", type=int, default=128, help="rows per batch for both paths (default 128)")
+    p.add_argument("--mlp-examples", type=int, default=1000, help="MLP examples (default 1000)")
+    p.add_argument("--cnn-examples", type=int, default=128, help="CNN images (default 128)")
+    p.add_argument("--cnn-width", type=float, default=0.5,
+                   help="CNN channel-width multiplier of AlexNet-CIFAR (default 0.5: 48/128 conv, 192/96 FC)")
+    p.add_argument("--check-examples", type=int, default=None,
+                   help="examples of the float64 agreement check (default 100; 8 with --quick; 0 skips it)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    args = p.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    if args.check_examples is None:
+        args.check_examples = 8 if args.quick else 100
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    env = environment()
+    log(f"fu_fast {env['fu_fast']}, torch {env['torch']}, {env['torch_threads']} threads, "
+        f"{env['cpu_count']} CPUs; {args.repeats} repetitions per path, interleaved"
+        + (" (quick)" if args.quick else ""))
+    started = time.perf_counter()
+    records = []
+    for case in build_cases(args.quick, args.cnn_examples, args.cnn_width, args.mlp_examples,
+                            args.batch_size, args.cases):
+        records.append(bench_case(case, args.repeats, args.check_examples, log))
+    log("")
+    print_table(records)
+    for r in records:
+        if not r["meets_expectation"] and not args.quick:
+            log(f"note: {r['case']} ratio {r['ratio']:.1f}x is below the expected {r['expected_ratio']:g}x")
+        if not r["repeatable"]:
+            log(f"note: {r['case']}: repeated runs of a path gave different counts/curves")
+    doc = {"benchmark": "bench_cpu", "quick": args.quick, "repeats": args.repeats, "levels": LEVELS,
+           "mask_repeats": MASK_REPEATS, "seed": SEED, "environment": env, "cases": records,
+           "seconds": time.perf_counter() - started}
+    log(f"total {doc['seconds']:.1f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=2, default=_json_default)
+        log(f"wrote {args.json}")
+    return doc
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(type(obj).__name__)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Every native kernel against its plain reference (fu_fast.reference), on fresh random
+inputs with odd sizes: n not a power of two, B = 1, C = 1."""
+
+import numpy as np
+import pytest
+import torch
+
+from fu_fast import _C, kernels, reference
+from fu_fast.analysis import masks
+
+SIZES = [1, 2, 3, 5, 7, 10, 31, 64, 100, 129, 1000, 4097, 65_537]
+
+
+def random_keys(count, seed=0):
+    rng = np.random.default_rng(seed)
+    return [int(k) for k in rng.integers(0, 2**64, size=count, dtype=np.uint64)]
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_ranks_match_reference_and_are_a_permutation(n):
+    for key in random_keys(3, seed=n) + [0, 2**64 - 1]:
+        native = kernels.permutation_ranks(key, n).numpy()
+        np.testing.assert_array_equal(native, reference.permutation_ranks(key, n))
+        np.testing.assert_array_equal(np.sort(native), np.arange(n))
+
+
+def test_ranks_depend_on_the_key_and_look_uniform():
+    n = 1000
+    a, b = (kernels.permutation_ranks(k, n).numpy() for k in random_keys(2, seed=1))
+    assert (a != b).mean() > 0.95
+    # The unit at each rank position is uniform over many keys: the mean rank of unit 0
+    # over 2,000 keys is (n-1)/2 within a few standard errors (sd = n/sqrt(12*2000)).
+    ranks_of_zero = np.array([kernels.permutation_ranks(k, n)[0].item() for k in random_keys(2000, seed=2)])
+    assert abs(ranks_of_zero.mean() - (n - 1) / 2) < 4 * n / np.sqrt(12 * 2000)
+
+
+def test_masks_are_nested_and_exactly_floor_p_n():
+    grid = masks.level_grid(21)
+    for n in (1, 7, 20, 129, 1000):
+        key = masks.mask_key(0, "layer", 1)
+        ranks = kernels.permutation_ranks(key, n)
+        previous = torch.zeros(n, dtype=torch.bool)
+        for p in grid:
+            ablated = ranks < masks.threshold(p, n)
+            assert int(ablated.sum()) == int(np.floor(round(p * n, 9)))
+            assert bool((previous & ~ablated).sum() == 0)  # nested in p
+            previous = ablated
+    assert masks.threshold(0.35, 20) == 7 and masks.threshold(0.05, 10) == 0
+
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,unit", [((1, 1), "position"), ((3, 7), "position"), ((2, 129), "position"),
+                                        ((5, 3, 4, 5), "position"), ((1, 1, 1, 1), "position"),
+                                        ((5, 3, 4, 5), "channel"), ((2, 7, 3, 3), "channel")])
+def test_expand_masked_matches_reference(dtype, shape, unit, generator):
+    x = torch.randn(shape, generator=generator).to(dtype)
+    inner = shape[2] * shape[3] if unit == "channel" else 1
+    units = x[0].numel() // inner
+    keys = random_keys(6, seed=units)
+    thresholds = [0, units, 1, units // 2, max(units - 1, 0), units // 3]
+    out = kernels.expand_masked(x, keys, thresholds, inner)
+    expected = reference.expand_masked(x, keys, thresholds, inner)
+    assert out.shape == (6 * shape[0],) + shape[1:] and out.dtype == dtype
+    assert torch.equal(out, expected)
+    # ablated elements are +0.0 exactly, whatever the sign of the value they replace
+    ablated = (expected == 0) & (torch.cat([x] * 6) != 0)
+    assert not torch.signbit(out[ablated]).any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("masks_,batch,classes", [(1, 1, 1), (3, 1, 10), (4, 7, 3), (2, 33, 1000)])
+def test_label_agreement_matches_argmax_reference(dtype, masks_, batch, classes, generator):
+    # Small integer logits make ties common; argmax must pick the first maximum like torch.
+    logits = torch.randint(-3, 4, (masks_ * batch, classes), generator=generator).to(dtype)
+    logits[torch.rand(logits.shape, generator=generator) < 0.02] = float("nan")
+    base = torch.randint(0, classes, (batch,), generator=generator)
+    base[: batch // 2] = logits[: batch // 2].argmax(dim=1)  # some agreement for mask 0
+    expected = reference.label_agreement(logits, base, masks_)
+    assert torch.equal(kernels.label_agreement(logits, base, masks_), expected)
+    # A strided (non-contiguous rows) view reads the same rows.
+    padded = torch.zeros(masks_ * batch, classes + 3, dtype=dtype)
+    padded[:, :classes] = logits
+    assert torch.equal(kernels.label_agreement(padded[:, :classes], base, masks_), expected)
+
+
+def _accumulate(batches, channels):
+    count = torch.zeros(1, dtype=torch.float64)
+    mean = torch.zeros(channels, dtype=torch.float64)
+    comoment = torch.zeros(channels, channels, dtype=torch.float64)
+    for activation, rows in batches:
+        kernels.covariance_accumulate(activation, rows, count, mean, comoment)
+    return count, mean, comoment
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape,channels_last", [((1, 1), False), ((9, 1), False), ((17, 5), False),
+                                                  ((6, 3, 5, 7), False), ((1, 1, 1, 1), False),
+                                                  ((4, 13, 3, 3), False), ((6, 3, 5, 7), True),
+                                                  ((4, 13, 3, 3), True)])
+def test_covariance_accumulate_matches_numpy(dtype, shape, channels_last, generator):
+    channels = shape[1]
+    spatial = shape[2] * shape[3] if len(shape) == 4 else 1
+    batches, samples = [], []
+    for _ in range(4):
+        # a large common offset checks that the shifted sums keep float64 accuracy
+        activation = (torch.randn(shape, generator=generator) * 3 + 1e4 * (dtype == torch.float64)).to(dtype)
+        if channels_last:
+            activation = activation.to(memory_format=torch.channels_last)
+        total = shape[0] * spatial
+        keep = torch.rand(total, generator=generator) < 0.7
+        rows = torch.nonzero(keep).flatten()
+        batches.append((activation, rows))
+        samples.append(reference.gather_rows(activation.double(), rows).numpy())
+    all_samples = np.concatenate(samples)
+    count, mean, comoment = _accumulate(batches, channels)
+    assert count.item() == len(all_samples)
+    np.testing.assert_allclose(mean.numpy(), all_samples.mean(axis=0), rtol=1e-12, atol=1e-12)
+    expected = (all_samples - all_samples.mean(axis=0)).T @ (all_samples - all_samples.mean(axis=0))
+    np.testing.assert_allclose(comoment.numpy(), expected, rtol=1e-9, atol=1e-8 * max(1.0, len(all_samples)))
+    np.testing.assert_array_equal(comoment.numpy(), comoment.numpy().T)
+
+
+def test_covariance_accumulate_matches_its_torch_twin(generator):
+    activation = torch.randn(8, 11, 6, 5, generator=generator)
+    rows = torch.randperm(8 * 30, generator=generator)[:100].sort().values
+    native = _accumulate([(activation, rows)], 11)
+    twin = [torch.zeros(1, dtype=torch.float64), torch.zeros(11, dtype=torch.float64),
+            torch.zeros(11, 11, dtype=torch.float64)]
+    reference.covariance_accumulate(activation, rows, *twin)
+    for a, b in zip(native, twin):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-10)
+
+
+def test_bindings_refuse_null_pointers_and_bad_sizes():
+    with pytest.raises(ValueError, match="null pointer"):
+        _C.permutation_ranks(1, 10, 0)
+    with pytest.raises(ValueError, match="n must be"):
+        _C.permutation_ranks(1, 0, 8)
+    with pytest.raises(ValueError, match="element size"):
+        _C.expand_masked(8, 8, 1, 1, 1, 3, 8, 8, 1)
