@@ -126,7 +126,7 @@ def build_cases(quick: bool, cnn_examples: int, cnn_width: float, mlp_examples: 
     cases = []
     if quick:
         mlp = dict(d_in=1000, hidden=64, examples=64)
-        cnn = dict(width=0.125, examples=16)
+        cnn = dict(width=0.125, examples=8)
         batch_size = min(batch_size, 32)
     else:
         mlp = dict(d_in=10_000, hidden=512, examples=mlp_examples)
@@ -349,10 +349,36 @@ def print_table(records: list[dict], out=sys.stdout) -> None:
               f"{_agree_text(r['agreement_fp32']):<18s} {_agree_text(r.get('agreement_fp64')):<10s}", file=out)
 
 
+def set_blas_threads(threads: int) -> bool:
+    """Best effort: limit the OpenBLAS bundled with NumPy (used by the engine's eigvalsh) to
+    ``threads``; True if a loaded OpenBLAS took the setting."""
+    import ctypes
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
+    except OSError:
+        return False
+    done = False
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for symbol in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
+                       "scipy_openblas_set_num_threads", "openblas_set_num_threads"):
+            setter = getattr(lib, symbol, None)
+            if setter is not None:
+                setter(ctypes.c_int(threads))
+                done = True
+                break
+    return done
+
+
 def environment() -> dict:
     info = fu_fast.build_info()
     return {"python": sys.version.split()[0], "torch": torch.__version__, "fu_fast": fu_fast.__version__,
             "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "load_average": os.getloadavg(),
             "platform": platform.platform(), "processor": platform.processor(),
             "build": {k: info.get(k) for k in ("version", "backends", "openmp") if k in info}}
 
@@ -367,17 +393,19 @@ def parse_args(argv):
     p.add_argument("--cases", nargs="+", choices=("mlp", "cnn"), help="run only these cases")
     p.add_argument("--batch-size", type=int, default=128, help="rows per batch for both paths (default 128)")
     p.add_argument("--mlp-examples", type=int, default=1000, help="MLP examples (default 1000)")
-    p.add_argument("--cnn-examples", type=int, default=128, help="CNN images (default 128)")
+    p.add_argument("--cnn-examples", type=int, default=64, help="CNN images (default 64)")
     p.add_argument("--cnn-width", type=float, default=0.5,
                    help="CNN channel-width multiplier of AlexNet-CIFAR (default 0.5: 48/128 conv, 192/96 FC)")
     p.add_argument("--check-examples", type=int, default=None,
-                   help="examples of the float64 agreement check (default 100; 8 with --quick; 0 skips it)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+                   help="examples of the float64 agreement check, per case (default 16; 4 with --quick; 0 skips it)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads of torch (and fu_fast's OpenMP kernels, which share its runtime) and of "
+                        "NumPy's OpenBLAS (default: their own choice)")
     args = p.parse_args(argv)
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
     if args.check_examples is None:
-        args.check_examples = 8 if args.quick else 100
+        args.check_examples = 4 if args.quick else 16
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
     return args
@@ -385,13 +413,21 @@ def parse_args(argv):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    blas_set = None
     if args.threads:
         torch.set_num_threads(args.threads)
+        blas_set = set_blas_threads(args.threads)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     env = environment()
+    env["threads_option"] = args.threads
+    env["blas_threads_set"] = blas_set
     log(f"fu_fast {env['fu_fast']}, torch {env['torch']}, {env['torch_threads']} threads, "
         f"{env['cpu_count']} CPUs; {args.repeats} repetitions per path, interleaved"
         + (" (quick)" if args.quick else ""))
+    load = os.getloadavg()[0]
+    if load > 0.5 * (os.cpu_count() or 1):
+        log(f"note: load average {load:.1f} before the run on {os.cpu_count()} CPUs: other processes compete; "
+            "multi-threaded torch suffers most on small ops (try --threads 1 to compare)")
     started = time.perf_counter()
     records = []
     for case in build_cases(args.quick, args.cnn_examples, args.cnn_width, args.mlp_examples,
@@ -407,7 +443,9 @@ def main(argv=None) -> dict:
     doc = {"benchmark": "bench_cpu", "quick": args.quick, "repeats": args.repeats, "levels": LEVELS,
            "mask_repeats": MASK_REPEATS, "seed": SEED, "environment": env, "cases": records,
            "seconds": time.perf_counter() - started}
-    log(f"total {doc['seconds']:.1f} s")
+    doc["load_average_after"] = os.getloadavg()
+    log(f"total {doc['seconds']:.1f} s; load average before {env['load_average'][0]:.1f}, "
+        f"after {doc['load_average_after'][0]:.1f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=2, default=_json_default)
