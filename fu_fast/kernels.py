@@ -3,8 +3,8 @@
 The extension does not link libtorch: a tensor crosses the binding as its data pointer,
 sizes and strides. This module is the only caller, so every check that keeps a pointer
 valid (device, dtype, contiguity, sizes) lives here. Tensors on a GPU use the pure
-PyTorch reference implementations (fu_fast.reference) until the CUDA kernels are
-wired in; the choice is reported by :func:`backend_for`.
+PyTorch reference implementations (fu_fast.reference) on that GPU until the CUDA
+kernels are wired in.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ def build_info() -> dict:
 
 
 def backend_for(device: torch.device) -> str:
-    """The backend that runs the kernels for tensors on ``device``."""
-    return "cpu" if torch.device(device).type == "cpu" else "torch"
+    """The backend of the result document for an analysis on ``device``: "cpu" or "cuda"."""
+    return torch.device(device).type
 
 
 def _dtype_code(tensor: torch.Tensor) -> int:

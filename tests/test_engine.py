@@ -165,3 +165,14 @@ def test_prunable_units_take_the_max_over_repeats():
     per_repeat = [prunable_fraction(result.settings["levels"], c, 0.2) for c in layer.curves]
     assert len(layer.curves) == 4 and layer.prunable_fraction == max(per_repeat)
     assert layer.prunable_units == pytest.approx(max(per_repeat) * 33)
+
+
+def test_mask_chunking_to_a_memory_budget_changes_nothing():
+    model = small_cnn(channels=4, seed=5)
+    inputs = torch.randn(40, 3, 8, 8, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    whole = fu_fast.analyze(model, inputs, batch_size=20)
+    seen = []
+    chunked = fu_fast.analyze(model, inputs, batch_size=20, memory_budget=1,  # one mask per pass
+                              progress=lambda done, total: seen.append((done, total)))
+    assert all(whole.layers[n].curves == chunked.layers[n].curves for n in whole.layers)
+    assert seen == [(20, 40), (40, 40)]

@@ -115,6 +115,8 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
 def _one_pass(model, batches, layer_names, grid, repeats, sample_cap, unit, seed, device, dtype,
               memory_budget, progress):
     probe = _prepare(batches.first(), device, dtype)
+    if isinstance(layer_names, str):
+        layer_names = [layer_names]
     try:
         analysed = layer_lib.resolve(model, probe[:16], list(layer_names) if layer_names is not None else None, unit)
     except FuFastError:
