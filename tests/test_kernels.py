@@ -54,7 +54,9 @@ DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,unit", [((1, 1), "position"), ((3, 7), "position"), ((2, 129), "position"),
                                         ((5, 3, 4, 5), "position"), ((1, 1, 1, 1), "position"),
-                                        ((5, 3, 4, 5), "channel"), ((2, 7, 3, 3), "channel")])
+                                        ((5, 3, 4, 5), "channel"), ((2, 7, 3, 3), "channel"),
+                                        # large enough for the multi-threaded paths
+                                        ((64, 4099), "position"), ((9, 33, 31, 29), "channel")])
 def test_expand_masked_matches_reference(dtype, shape, unit, generator):
     x = torch.randn(shape, generator=generator).to(dtype)
     inner = shape[2] * shape[3] if unit == "channel" else 1
@@ -99,7 +101,10 @@ def _accumulate(batches, channels):
 @pytest.mark.parametrize("shape,channels_last", [((1, 1), False), ((9, 1), False), ((17, 5), False),
                                                   ((6, 3, 5, 7), False), ((1, 1, 1, 1), False),
                                                   ((4, 13, 3, 3), False), ((6, 3, 5, 7), True),
-                                                  ((4, 13, 3, 3), True)])
+                                                  ((4, 13, 3, 3), True),
+                                                  # large enough for the multi-threaded paths
+                                                  ((40, 37, 8, 8), False), ((40, 37, 8, 8), True),
+                                                  ((3000, 65), False)])
 def test_covariance_accumulate_matches_numpy(dtype, shape, channels_last, generator):
     channels = shape[1]
     spatial = shape[2] * shape[3] if len(shape) == 4 else 1

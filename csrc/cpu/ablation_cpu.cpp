@@ -30,29 +30,34 @@ template <typename Word>
 void expand_masked_typed(const Word* src, Word* dst, int64_t batch, int64_t units, int64_t inner,
                          MaskSpec masks) {
   const int64_t row = units * inner;
-  // Ranks depend only on the key: a chunk of masks usually holds several levels of the
-  // same repeat, so they are computed once per run of equal keys.
   std::vector<int64_t> ranks(units);
-  bool have_key = false;
-  uint64_t ranked_key = 0;
-  for (int64_t k = 0; k < masks.num_masks; ++k) {
-    const int64_t threshold = masks.thresholds[k];
-    if (threshold > 0 && threshold < units && (!have_key || masks.keys[k] != ranked_key)) {
-      permutation_ranks_cpu(masks.keys[k], units, ranks.data());
-      ranked_key = masks.keys[k];
-      have_key = true;
-    }
-    Word* out = dst + k * batch * row;
-#pragma omp parallel for schedule(static) if (batch * row > 32768)
-    for (int64_t b = 0; b < batch; ++b) {
+  // Masks come grouped by key (a chunk holds several levels of one repeat): ranks are
+  // computed once per group, then one parallel region copies every (mask, row) pair of
+  // the group. One region per group, not per mask, keeps thread wake-ups rare; small
+  // copies stay on one thread.
+  for (int64_t first = 0; first < masks.num_masks;) {
+    int64_t last = first + 1;
+    while (last < masks.num_masks && masks.keys[last] == masks.keys[first]) ++last;
+    bool needs_ranks = false;
+    for (int64_t k = first; k < last; ++k)
+      needs_ranks |= masks.thresholds[k] > 0 && masks.thresholds[k] < units;
+    if (needs_ranks) permutation_ranks_cpu(masks.keys[first], units, ranks.data());
+    const int64_t pairs = (last - first) * batch;
+#pragma omp parallel for schedule(static) if (pairs * row > (1 << 18))
+    for (int64_t pair = 0; pair < pairs; ++pair) {
+      const int64_t k = first + pair / batch, b = pair % batch;
+      const int64_t threshold = masks.thresholds[k];
+      const Word* in = src + b * row;
+      Word* out = dst + (k * batch + b) * row;
       if (threshold <= 0) {
-        std::memcpy(out + b * row, src + b * row, sizeof(Word) * row);
+        std::memcpy(out, in, sizeof(Word) * row);
       } else if (threshold >= units) {
-        std::memset(out + b * row, 0, sizeof(Word) * row);
+        std::memset(out, 0, sizeof(Word) * row);
       } else {
-        mask_row(src + b * row, out + b * row, ranks.data(), threshold, units, inner);
+        mask_row(in, out, ranks.data(), threshold, units, inner);
       }
     }
+    first = last;
   }
 }
 
@@ -97,7 +102,7 @@ void label_agreement_cpu(const void* logits, DType dtype, int64_t num_masks, int
   const int64_t rows = num_masks * batch;
   const int size = dtype_size(dtype);
   std::vector<int64_t> matches(num_masks, 0);
-#pragma omp parallel
+#pragma omp parallel if (rows * classes > (1 << 16))
   {
     std::vector<int64_t> local(num_masks, 0);
 #pragma omp for schedule(static)

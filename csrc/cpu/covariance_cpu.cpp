@@ -18,7 +18,7 @@ __attribute__((target_clones("arch=haswell", "default")))
 void cross_products(const double* x, int64_t rows, int64_t samples, double* out) {
   const int64_t blocks = (rows + kTile - 1) / kTile;
   const int64_t whole = samples - samples % kLanes;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (rows * rows * samples > (1 << 20))
   for (int64_t ib = 0; ib < blocks; ++ib) {
     for (int64_t jb = ib; jb < blocks; ++jb) {
       double acc[kTile][kTile][kLanes] = {};
@@ -56,7 +56,7 @@ void covariance_accumulate_cpu(ActivationView act, const int64_t* rows, int64_t 
   // for activations with a large offset.
   std::vector<double> centred(padded * num_rows, 0.0);
   std::vector<double> batch_mean(channels, 0.0);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (channels * num_rows > (1 << 16))
   for (int64_t c = 0; c < channels; ++c) {
     double* column = centred.data() + c * num_rows;
     double sum = 0.0;
@@ -79,7 +79,7 @@ void covariance_accumulate_cpu(ActivationView act, const int64_t* rows, int64_t 
   const double weight = n_a * n_b / n;
   std::vector<double> delta(channels);
   for (int64_t c = 0; c < channels; ++c) delta[c] = batch_mean[c] - state.mean[c];
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (channels * channels > (1 << 16))
   for (int64_t i = 0; i < channels; ++i) {
     for (int64_t j = i; j < channels; ++j) {
       const double value = state.comoment[i * channels + j] + batch_comoment[i * channels + j] +

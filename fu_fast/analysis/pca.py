@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -24,7 +25,10 @@ def redundancy(covariance: np.ndarray, pca_tolerance: float) -> Redundancy:
     so count as redundant; zero total variance gives k = 0.
     """
     channels = covariance.shape[0]
-    eigenvalues = np.clip(np.linalg.eigvalsh(covariance)[::-1], 0.0, None)
+    # torch's LAPACK, not NumPy's: a second BLAS thread pool beside torch's oversubscribes
+    # the cores and can make this 100x slower on a busy machine.
+    eigenvalues = torch.linalg.eigvalsh(torch.from_numpy(np.ascontiguousarray(covariance))).numpy()
+    eigenvalues = np.clip(eigenvalues[::-1], 0.0, None)
     total = float(eigenvalues.sum())
     if not np.isfinite(total):
         raise ValueError("the covariance is not finite")
