@@ -8,6 +8,11 @@ the ratios are the result.
     python benchmarks/bench_cpu.py                 # full run (a few minutes on 2 cores)
     python benchmarks/bench_cpu.py --quick         # smoke test (seconds)
     python benchmarks/bench_cpu.py --repeats 5 --json bench.json
+    python benchmarks/bench_cpu.py --threads 0     # torch's / OpenBLAS's own thread counts
+
+Threads default to 1 (torch, hence fu_fast's OpenMP kernels, which share torch's OpenMP
+runtime, and NumPy's OpenBLAS): on a shared machine a multi-threaded run stalls at every
+parallel region whose threads are not all scheduled, which swamps the comparison.
 
 What is timed, per case:
   naive   fu_fast.reference.naive_ablation_counts on every analysed layer, with the
@@ -55,6 +60,17 @@ SEED = 0
 
 # ----------------------------------------------------------------------------- models
 # Benchmark-only definitions (a model zoo comes later).
+
+def kaiming_init(model: nn.Module) -> nn.Module:
+    """He-normal weights and zero biases, so that an untrained model's predictions depend on
+    its input (PyTorch's default init shrinks the signal layer by layer until the last bias
+    decides every label, which would make the ablation curves and their check trivial)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+    return model
+
 
 class MLP(nn.Module):
     """Linear(d_in, hidden) -> ReLU -> Linear(hidden, classes); analysed layer: relu1."""
@@ -133,13 +149,13 @@ def build_cases(quick: bool, cnn_examples: int, cnn_width: float, mlp_examples: 
         cnn = dict(width=cnn_width, examples=cnn_examples)
     if not only or "mlp" in only:
         torch.manual_seed(SEED)
-        model = MLP(mlp["d_in"], mlp["hidden"]).eval()
+        model = kaiming_init(MLP(mlp["d_in"], mlp["hidden"])).eval()
         inputs = torch.randn(mlp["examples"], mlp["d_in"], generator=generator)
         cases.append(Case("mlp", f"MLP {mlp['d_in']}-{mlp['hidden']}-10, {mlp['examples']} examples, layer relu1",
                           model, inputs, MLP.analysis_layers, batch_size, 10.0, mlp))
     if not only or "cnn" in only:
         torch.manual_seed(SEED + 1)
-        model = AlexNetCifar(cnn["width"]).eval()
+        model = kaiming_init(AlexNetCifar(cnn["width"])).eval()
         inputs = torch.randn(cnn["examples"], 3, 32, 32, generator=generator)
         cases.append(Case("cnn", f"AlexNet-CIFAR x{cnn['width']:g}, {cnn['examples']} images 32x32x3, "
                           "layers norm1, norm2, relu3, relu4",
@@ -199,18 +215,18 @@ def _forward_timer(model: nn.Module, module: nn.Module, sink: list[float]):
 
 
 def run_naive(case: Case, inputs: torch.Tensor, model: nn.Module, units: dict[str, int]):
-    """Seconds (total, masked passes), counts per layer."""
+    """Seconds (wall, CPU, masked passes), counts per layer."""
     modules = dict(model.named_modules())
     batches = [inputs[s:s + case.batch_size] for s in range(0, inputs.shape[0], case.batch_size)]
     model.eval()
     counts, masked = {}, []
     gc.collect()
-    started = time.perf_counter()
+    cpu0, started = time.process_time(), time.perf_counter()
     for layer in case.layers:
         keys, thresholds = naive_masks(layer, units[layer])
         with _forward_timer(model, modules[layer], masked):
             counts[layer] = reference.naive_ablation_counts(model, modules[layer], batches, keys, thresholds, 1)
-    return time.perf_counter() - started, sum(masked), counts
+    return time.perf_counter() - started, time.process_time() - cpu0, sum(masked), counts
 
 
 @contextmanager
@@ -234,15 +250,15 @@ def _count_agreement_timer(sink: list[float]):
 
 
 def run_engine(case: Case, inputs: torch.Tensor, model: nn.Module):
-    """Seconds (total analyze call, masked passes), result."""
+    """Seconds (wall and CPU of the analyze call, masked passes), result."""
     masked = []
     gc.collect()
     with _count_agreement_timer(masked):
-        started = time.perf_counter()
+        cpu0, started = time.process_time(), time.perf_counter()
         result = fu_fast.analyze(model, inputs, layers=list(case.layers), repeats=MASK_REPEATS,
                                  levels=LEVELS, seed=SEED, unit="position", batch_size=case.batch_size)
-        seconds = time.perf_counter() - started
-    return seconds, sum(masked), result
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu0
+    return seconds, cpu, sum(masked), result
 
 
 def compare(counts: dict[str, np.ndarray], result, examples: int) -> dict:
@@ -283,24 +299,26 @@ def bench_case(case: Case, repeats: int, check_examples: int, log) -> dict:
         reference.naive_ablation_counts(model, modules[layer], [warm], keys[:2], thresholds[:2], 1)
     fu_fast.analyze(model, warm, layers=list(case.layers), repeats=1, levels=3, batch_size=case.batch_size)
 
-    samples = {"naive": [], "engine": [], "naive_masked": [], "engine_masked": []}
+    samples = {"naive": [], "engine": [], "naive_masked": [], "engine_masked": [], "naive_cpu": [], "engine_cpu": []}
     last_counts, last_result, stable = None, None, True
     for rep in range(repeats):
         order = ("naive", "engine") if rep % 2 == 0 else ("engine", "naive")
         for path in order:
             if path == "naive":
-                seconds, masked, counts = run_naive(case, inputs, model, units)
+                seconds, cpu, masked, counts = run_naive(case, inputs, model, units)
                 if last_counts is not None:
                     stable &= all(np.array_equal(counts[k], last_counts[k]) for k in counts)
                 last_counts = counts
             else:
-                seconds, masked, result = run_engine(case, inputs, model)
+                seconds, cpu, masked, result = run_engine(case, inputs, model)
                 if last_result is not None:
                     stable &= all(result.layers[k].curves == last_result.layers[k].curves for k in case.layers)
                 last_result = result
             samples[path].append(seconds)
             samples[path + "_masked"].append(masked)
-            log(f"  rep {rep + 1}/{repeats} {path:6s} {seconds:8.3f} s  (masked passes {masked:8.3f} s)")
+            samples[path + "_cpu"].append(cpu)
+            log(f"  rep {rep + 1}/{repeats} {path:6s} {seconds:8.3f} s  (masked passes {masked:8.3f} s; "
+                f"CPU time {cpu:8.3f} s)")
 
     med = {k: statistics.median(v) for k, v in samples.items()}
     record = {
@@ -312,18 +330,21 @@ def bench_case(case: Case, repeats: int, check_examples: int, log) -> dict:
         "samples": samples, "median": med,
         "ratio": med["naive"] / med["engine"],
         "ratio_ablation": med["naive_masked"] / med["engine_masked"] if med["engine_masked"] else None,
+        "ratio_cpu": med["naive_cpu"] / med["engine_cpu"] if med["engine_cpu"] else None,
         "ratio_per_rep_median": statistics.median(n / e for n, e in zip(samples["naive"], samples["engine"])),
         "expected_ratio": case.expected_ratio,
         "repeatable": stable,
         "agreement_fp32": compare(last_counts, last_result, inputs.shape[0]),
     }
     record["meets_expectation"] = record["ratio"] >= case.expected_ratio
+    log("  prunable fractions (engine): " + ", ".join(
+        f"{k} {last_result.layers[k].prunable_fraction:.3f}" for k in case.layers))
 
     if check_examples:
         sub = inputs[:min(check_examples, inputs.shape[0])].double()
         model64 = _double(model)
-        _, _, counts64 = run_naive(case, sub, model64, units)
-        _, _, result64 = run_engine(case, sub, model64)
+        counts64 = run_naive(case, sub, model64, units)[-1]
+        result64 = run_engine(case, sub, model64)[-1]
         record["agreement_fp64"] = dict(compare(counts64, result64, sub.shape[0]), examples=int(sub.shape[0]))
     return record
 
@@ -337,41 +358,49 @@ def _agree_text(check: dict | None) -> str:
 
 
 def print_table(records: list[dict], out=sys.stdout) -> None:
-    head = (f"{'case':5s} {'naive s':>9s} {'engine s':>9s} {'ratio':>7s} {'expect':>7s} | "
-            f"{'naive abl s':>11s} {'engine abl s':>12s} {'ratio':>7s} | {'curves agree fp32':<18s} {'fp64':<10s}")
+    """Wall-clock medians and ratio naive / engine; then the median of the per-repetition
+    ratios, the ratio of CPU-time medians, and the masked passes alone."""
+    def x(v):
+        return f"{v:6.1f}x" if v else "     -"
+
+    head = (f"{'case':5s} {'naive s':>8s} {'engine s':>8s} {'ratio':>7s} {'expect':>6s} | {'per-rep':>7s} "
+            f"{'CPU-t':>7s} | {'naive abl':>9s} {'eng. abl':>8s} {'ratio':>7s} | {'agree fp32':<10s} {'fp64':<4s}")
     print(head, file=out)
     print("-" * len(head), file=out)
     for r in records:
         m = r["median"]
-        ratio_abl = f"{r['ratio_ablation']:6.1f}x" if r["ratio_ablation"] else "     -"
-        print(f"{r['case']:5s} {m['naive']:9.3f} {m['engine']:9.3f} {r['ratio']:6.1f}x {'>=' + format(r['expected_ratio'], 'g'):>7s} | "
-              f"{m['naive_masked']:11.3f} {m['engine_masked']:12.3f} {ratio_abl} | "
-              f"{_agree_text(r['agreement_fp32']):<18s} {_agree_text(r.get('agreement_fp64')):<10s}", file=out)
+        print(f"{r['case']:5s} {m['naive']:8.2f} {m['engine']:8.2f} {x(r['ratio'])} "
+              f"{'>=' + format(r['expected_ratio'], 'g'):>6s} | {x(r['ratio_per_rep_median'])} {x(r['ratio_cpu'])} | "
+              f"{m['naive_masked']:9.2f} {m['engine_masked']:8.2f} {x(r['ratio_ablation'])} | "
+              f"{_agree_text(r['agreement_fp32']):<10s} {_agree_text(r.get('agreement_fp64')):<4s}", file=out)
 
 
-def set_blas_threads(threads: int) -> bool:
+def set_blas_threads(threads: int) -> int | None:
     """Best effort: limit the OpenBLAS bundled with NumPy (used by the engine's eigvalsh) to
-    ``threads``; True if a loaded OpenBLAS took the setting."""
+    ``threads``. Returns the previous setting, or None if no loaded OpenBLAS took it."""
     import ctypes
     try:
         with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
+            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower()})
     except OSError:
-        return False
-    done = False
+        return None
+    previous = None
     for path in paths:
         try:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        for symbol in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
-                       "scipy_openblas_set_num_threads", "openblas_set_num_threads"):
-            setter = getattr(lib, symbol, None)
-            if setter is not None:
+        for prefix in ("scipy_openblas", "openblas"):
+            for suffix in ("64_", ""):
+                setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                if setter is None or getter is None:
+                    continue
+                getter.restype = ctypes.c_int
+                previous = int(getter())
                 setter(ctypes.c_int(threads))
-                done = True
-                break
-    return done
+                return previous
+    return previous
 
 
 def environment() -> dict:
@@ -398,9 +427,10 @@ def parse_args(argv):
                    help="CNN channel-width multiplier of AlexNet-CIFAR (default 0.5: 48/128 conv, 192/96 FC)")
     p.add_argument("--check-examples", type=int, default=None,
                    help="examples of the float64 agreement check, per case (default 16; 4 with --quick; 0 skips it)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="threads of torch (and fu_fast's OpenMP kernels, which share its runtime) and of "
-                        "NumPy's OpenBLAS (default: their own choice)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads of torch (and of fu_fast's OpenMP kernels, which share its runtime) and of "
+                        "NumPy's OpenBLAS; 0 leaves their own defaults (default 1: on a shared machine, "
+                        "multi-threaded runs stall whenever a thread is descheduled, which distorts ratios)")
     args = p.parse_args(argv)
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
@@ -413,10 +443,19 @@ def parse_args(argv):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    blas_set = None
+    torch_threads, blas_threads = torch.get_num_threads(), None
     if args.threads:
         torch.set_num_threads(args.threads)
-        blas_set = set_blas_threads(args.threads)
+        blas_threads = set_blas_threads(args.threads)
+    try:
+        return _run(args, blas_threads is not None)
+    finally:  # leave the process as it was (main may run inside a test session)
+        torch.set_num_threads(torch_threads)
+        if blas_threads is not None:
+            set_blas_threads(blas_threads)
+
+
+def _run(args, blas_set: bool) -> dict:
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     env = environment()
     env["threads_option"] = args.threads
@@ -426,8 +465,9 @@ def main(argv=None) -> dict:
         + (" (quick)" if args.quick else ""))
     load = os.getloadavg()[0]
     if load > 0.5 * (os.cpu_count() or 1):
-        log(f"note: load average {load:.1f} before the run on {os.cpu_count()} CPUs: other processes compete; "
-            "multi-threaded torch suffers most on small ops (try --threads 1 to compare)")
+        log(f"note: load average {load:.1f} before the run on {os.cpu_count()} CPUs: other processes compete"
+            + ("; multi-threaded runs stall on every parallel region (compare --threads 1)"
+               if torch.get_num_threads() > 1 else ""))
     started = time.perf_counter()
     records = []
     for case in build_cases(args.quick, args.cnn_examples, args.cnn_width, args.mlp_examples,

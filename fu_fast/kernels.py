@@ -11,8 +11,18 @@ from __future__ import annotations
 
 import torch
 
-from . import _C, reference
+from . import reference
 from .errors import FuFastError
+
+try:
+    from . import _C
+except ImportError as exc:  # a source tree shadowing the installed package has no _C
+    raise ImportError(
+        f"fu_fast's compiled core (fu_fast._C) is missing next to {__file__}. Install with "
+        "`pip install .` (or `pip install -e .` for development) and, from the repository "
+        "root, run tests with `pytest` rather than `python -m pytest`, which puts the "
+        "unbuilt source tree first on sys.path."
+    ) from exc
 
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 
