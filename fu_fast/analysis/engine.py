@@ -56,7 +56,9 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
         batch_size: rows per batch for tensors and Datasets; results do not depend on it.
         memory_budget: bytes one chunk of masked passes may use (default 1 GiB on the CPU,
             half the free memory on a GPU).
-        model_info, data_info, trial: recorded in the result document as given.
+        model_info, data_info, trial: recorded in the result document as given (default: the
+            model's ``fu_fast_config`` and the data set's ``info``, which zoo models and
+            fu_fast.data sets carry).
         progress: called with (examples done, examples in all) after each batch.
     """
     _check_settings(tolerance, pca_tolerance, repeats, sample_cap, unit)
@@ -95,12 +97,14 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
             explained_variance_ratio=red.explained_variance_ratio,
             mean_abs_r=corr.mean_abs_r, abs_r_quantiles=corr.abs_r_quantiles)
 
-    info = dict(model_info or {})
+    # Zoo models and data sets describe themselves (fu_fast.models, fu_fast.data).
+    info = dict(model_info or getattr(model, "fu_fast_config", None) or {})
     model_doc = {"name": info.pop("name", type(model).__name__), "width": info.pop("width", None),
                  "parameters": sum(p.numel() for p in model.parameters()),
                  "accuracy": correct / batches.examples if batches.labels_known else None,
                  "options": info.pop("options", {})}
-    dinfo = dict(data_info or {})
+    dinfo = dict(data_info or getattr(data, "info", None) or getattr(getattr(data, "dataset", None), "info", None)
+                 or {})
     data_doc = {"name": dinfo.pop("name", batches.name), "examples": batches.examples,
                 "split": dinfo.pop("split", "given"), "options": dinfo.pop("options", {})}
     settings = {"tolerance": tolerance, "pca_tolerance": pca_tolerance, "repeats": repeats,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..atomic import write_atomic
 
 SCHEMA = "fu-fast/analysis/1"
 
@@ -129,22 +130,6 @@ class AnalysisResult:
     def load(cls, path: str | os.PathLike) -> "AnalysisResult":
         with open(path) as f:
             return cls.from_dict(json.load(f))
-
-
-def write_atomic(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
 
 
 def _check_finite(value, where="result") -> None:

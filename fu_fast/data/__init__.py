@@ -1,0 +1,73 @@
+"""The data sets of the paper: synthetic teacher data, CIFAR-10 and ImageNet.
+
+    from fu_fast import data
+    train = data.load("cifar10", "train", data_dir="~/data", augment=True)
+    train.num_classes, train.info     # 10, the "data" record of the result document
+
+Every data set yields (input tensor, int label). Nothing is ever downloaded: CIFAR-10
+and ImageNet are read from `data_dir`; synthetic data is generated from `seed`.
+
+Option rules:
+* `augment` is a training-regime switch, so the same options can be passed for every
+  split: it applies to the "train" split of image data only, and never with random
+  labels (the paper trains that variant without augmentation). Elsewhere it is off, and
+  `info` records the augmentation actually applied.
+* `input_dim` applies to synthetic data only (ignored otherwise, and not recorded);
+  `image_size` to image data only (an error with synthetic data). Its default is the
+  data set's native size: 32 for CIFAR-10, 224 for ImageNet.
+* `seed` determines the synthetic data and the random labels; CIFAR-10's train/val
+  split is fixed (see cifar10.py). Augmentation draws from torch's global RNG, which the
+  training loop seeds.
+"""
+
+from torch.utils.data import Dataset
+
+from ..errors import FuFastError
+from . import cifar10, imagenet, synthetic
+from ._common import positive_int
+from .labels import RandomLabels
+
+NAMES = ("synthetic", "cifar10", "imagenet")
+SPLITS = ("train", "val", "test")
+NATIVE_SIZE = {"cifar10": 32, "imagenet": 224}
+
+__all__ = ["names", "splits", "load", "NAMES", "SPLITS", "RandomLabels"]
+
+
+def names() -> list:
+    """The data set names `load` accepts."""
+    return list(NAMES)
+
+
+def splits(name: str) -> tuple:
+    """The splits a data set has: synthetic data has no validation split (PAPER.md)."""
+    return ("train", "test") if name == "synthetic" else SPLITS
+
+
+def load(name: str, split: str, *, data_dir=None, random_labels: bool = False, seed: int = 0,
+         augment: bool = False, input_dim: int = 10, image_size=None) -> Dataset:
+    """One split of a data set, with `num_classes` and `info` (SPEC section 5) attached."""
+    if name not in NAMES:
+        raise FuFastError(f"unknown data set {name!r}; choose one of {', '.join(NAMES)}")
+    if split not in SPLITS:
+        raise FuFastError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise FuFastError(f"seed must be a non-negative integer, got {seed!r}")
+    augment = bool(augment) and name != "synthetic" and split == "train" and not random_labels
+    if name == "synthetic":
+        if image_size is not None:
+            raise FuFastError("image_size applies to cifar10 and imagenet, not to synthetic data (use input_dim)")
+        dataset = synthetic.SyntheticDataset(split, input_dim=input_dim, seed=seed)
+        options = {"input_dim": input_dim}
+    else:
+        size = NATIVE_SIZE[name] if image_size is None else positive_int(image_size, f"{name}: image_size")
+        if name == "cifar10":
+            dataset = cifar10.CIFAR10(data_dir, split, augment=augment, image_size=size)
+        else:
+            dataset = imagenet.load(data_dir, split, augment=augment, image_size=size)
+        options = {"image_size": size}
+    if random_labels:
+        dataset = RandomLabels(dataset, seed=seed, split=split)
+    options.update(random_labels=bool(random_labels), augment=augment, seed=seed)
+    dataset.info = {"name": name, "examples": len(dataset), "split": split, "options": options}
+    return dataset

@@ -1,0 +1,23 @@
+"""Helpers shared by the data sets: option checks and derived random generators."""
+
+import numpy as np
+import torch
+
+from ..errors import FuFastError
+
+
+def positive_int(value, what: str) -> int:
+    """`value` if it is a positive int (not a bool), else a one-line FuFastError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise FuFastError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def generator(seed: int, *keys: int) -> torch.Generator:
+    """A torch.Generator for the stream named by (seed, *keys).
+
+    numpy's SeedSequence mixes the integers, so streams for neighbouring seeds or keys
+    are unrelated (seed 1 split 0 and seed 0 split 1 do not collide, as seed + key would).
+    """
+    state = np.random.SeedSequence([seed, *keys]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
