@@ -8,8 +8,10 @@
 
 __version__ = "0.1.0"
 
+from . import data, models
 from .analysis import AnalysisResult, LayerResult, analyze, gain
 from .errors import FuFastError
 from .kernels import build_info
 
-__all__ = ["__version__", "analyze", "gain", "build_info", "AnalysisResult", "LayerResult", "FuFastError"]
+__all__ = ["__version__", "analyze", "gain", "build_info", "AnalysisResult", "LayerResult", "FuFastError",
+           "models", "data"]

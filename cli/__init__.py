@@ -1,0 +1,1 @@
+"""The `fu-fast` command line; installed inside the package as fu_fast.cli (see pyproject.toml)."""

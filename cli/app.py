@@ -1,0 +1,227 @@
+"""The `fu-fast` command line (Typer). Installed as the package fu_fast.cli.
+
+Every command turns a user's mistake (fu_fast.FuFastError) into one line on stderr and exit
+code 2; results are written atomically, so a failed command leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import fu_fast
+from fu_fast.errors import FuFastError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Measure frivolous (prunable and redundant) units of neural networks, fast.")
+out = Console()
+err = Console(stderr=True)
+
+
+class Unit(str, Enum):
+    position = "position"
+    channel = "channel"
+
+
+def user_errors(command):
+    """Run a command; a FuFastError becomes `error: ...` on stderr and exit code 2."""
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except FuFastError as e:
+            err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+    return run
+
+
+@app.command()
+@user_errors
+def info() -> None:
+    """Build information: version, compiled backends, CUDA architectures, OpenMP, devices."""
+    import torch
+
+    build = fu_fast.build_info()
+    table = Table(show_header=False, box=None)
+    for key, value in build.items():
+        table.add_row(key, ", ".join(map(str, value)) if isinstance(value, list) else str(value))
+    for i in range(torch.cuda.device_count() if build["gpu_usable"] else 0):
+        table.add_row(f"cuda:{i}", torch.cuda.get_device_name(i))
+    out.print(table)
+
+
+@app.command()
+@user_errors
+def train(
+    model: str = typer.Option(..., help="mlp, alexnet, resnet56, resnet18, inception_v3, inception_v3_layer"),
+    out_dir: Path = typer.Option(..., "--out", help="run directory (created; an unfinished run there resumes)"),
+    width: float = typer.Option(1.0, help="width factor: units and filters of every layer are multiplied by it"),
+    data: Optional[str] = typer.Option(None, help="synthetic, cifar10 or imagenet [default: the model's]"),
+    data_dir: Optional[Path] = typer.Option(None, help="where cifar-10-batches-py or the ImageFolder tree lies"),
+    input_dim: Optional[int] = typer.Option(None, help="synthetic data and MLP input dimension (10 or 10000)"),
+    image_size: Optional[int] = typer.Option(None, help="image side [default: 32 CIFAR, 224 ResNet18, 299 Inception]"),
+    random_labels: bool = typer.Option(False, help="train on fixed random labels (no augmentation)"),
+    data_seed: int = typer.Option(0, help="seed of the data set (synthetic teacher, random labels)"),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="data augmentation [default: the model's]"),
+    init: Optional[str] = typer.Option(None, help="glorot|he|lecun _normal|_uniform, gaussian:STD, truncated_normal:STD"),
+    dropout: Optional[float] = typer.Option(None, help="dropout probability where the model has dropout"),
+    optimizer: Optional[str] = typer.Option(None, help="sgd_momentum, sgd, adam or rmsprop"),
+    lr: Optional[float] = typer.Option(None, help="learning rate (before the factor k)"),
+    momentum: float = typer.Option(0.9, help="momentum of sgd_momentum and rmsprop"),
+    weight_decay: Optional[float] = typer.Option(None, help="L2 weight decay"),
+    schedule: Optional[str] = typer.Option(None, help="constant, exp:G, exp:G/E, step:E1,E2[*G] (per epoch)"),
+    batch_size: Optional[int] = typer.Option(None, help="global batch size (before the factor k)"),
+    k: float = typer.Option(1.0, help="scales batch size and learning rate together"),
+    epochs: Optional[int] = typer.Option(None, help="number of epochs (the most, with early stopping)"),
+    patience: Optional[int] = typer.Option(None, help="early stopping: epochs without a better validation accuracy"),
+    seed: int = typer.Option(0, help="seed of the initial weights, shuffling, dropout and augmentation"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N [default: cuda if usable]"),
+    amp: bool = typer.Option(False, help="bfloat16 autocast (GPU)"),
+    channels_last: bool = typer.Option(False, help="channels_last memory format (GPU convolutions)"),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model"),
+    workers: int = typer.Option(0, help="data-loading worker processes"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="one line per epoch instead of progress bars"),
+) -> None:
+    """Train a model of the zoo with the paper's settings (each one overridable).
+
+    Multi-GPU or multi-node: run it under torchrun, e.g.
+    `torchrun --nproc_per_node 8 -m fu_fast.cli train ...`.
+    """
+    from fu_fast.train import TrainConfig, train as run_training
+
+    options = {key: value for key, value in (("init", init), ("dropout", dropout), ("input_dim", input_dim),
+                                             ("input_size", image_size)) if value is not None}
+    config = TrainConfig(model=model, width=width, model_options=options, data=data,
+                         data_dir=str(data_dir) if data_dir else None, input_dim=input_dim,
+                         random_labels=random_labels, data_seed=data_seed, augment=augment, optimizer=optimizer,
+                         lr=lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
+                         batch_size=batch_size, k=k, epochs=epochs, patience=patience, seed=seed, device=device,
+                         amp=amp, channels_last=channels_last, compile=compile, workers=workers)
+    record = run_training(config, out_dir, quiet=quiet)
+    last = record["epochs"][-1] if record["epochs"] else {}
+    accuracies = ", ".join(f"{k.removesuffix('_accuracy')} {v:.4f}" for k, v in last.items() if k.endswith("_accuracy"))
+    err.print(f"{out_dir}: {len(record['epochs'])} epochs, best epoch {record['best_epoch']}"
+              f"{', stopped early' if record['stopped_early'] else ''}; last: {accuracies}", highlight=False)
+
+
+@app.command()
+@user_errors
+def analyze(
+    model: Optional[str] = typer.Option(None, help="model name [default: the checkpoint's]"),
+    width: Optional[float] = typer.Option(None, help="width factor [default: the checkpoint's; 1 without one]"),
+    checkpoint: Optional[Path] = typer.Option(None, help="a run directory of fu-fast train, or a .pt file"),
+    data: Optional[str] = typer.Option(None, help="synthetic, cifar10 or imagenet [default: the run's]"),
+    data_dir: Optional[Path] = typer.Option(None, help="data location [default: the run's]"),
+    split: str = typer.Option("test", help="train, val or test (imagenet: val and test are the validation set)"),
+    input_dim: Optional[int] = typer.Option(None, help="synthetic data input dimension"),
+    image_size: Optional[int] = typer.Option(None, help="image side [default: the model's]"),
+    random_labels: Optional[bool] = typer.Option(None, "--random-labels/--true-labels",
+                                                 help="labels of the data [default: the run's]"),
+    limit: Optional[int] = typer.Option(None, help="analyse only the first N examples"),
+    layers: Optional[List[str]] = typer.Option(None, "--layers", help="layer to analyse (repeatable) [default: the model's]"),
+    tolerance: float = typer.Option(0.2, help="label-agreement tolerance of the prunable fraction"),
+    pca_tolerance: float = typer.Option(0.05, help="variance share the kept components may leave out"),
+    repeats: int = typer.Option(3, help="random ablation orders; the prunable fraction is their max"),
+    levels: int = typer.Option(21, help="ablation fractions from 0 to 1"),
+    sample_cap: int = typer.Option(50_000, help="most sampled positions per conv layer for redundancy"),
+    unit: Unit = typer.Option(Unit.position, help="conv ablation unit: every position, or whole channels"),
+    seed: int = typer.Option(0, help="seed of the masks and the position sample"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N [default: cuda if usable]"),
+    batch_size: Optional[int] = typer.Option(None, help="rows per batch (results do not depend on it)"),
+    result_file: Optional[Path] = typer.Option(None, "--out", help="write the JSON result document here"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no table, no progress"),
+) -> None:
+    """Prunability, redundancy and correlations of a model's layers, in one pass over the data."""
+    import torch
+    from torch.utils.data import Subset
+
+    from fu_fast import data as data_lib
+    from fu_fast import models
+    from fu_fast.train import load_model, read_run
+
+    run = None
+    if checkpoint is not None:
+        net, _ = load_model(checkpoint, model=model, width=width)
+        run = read_run(checkpoint if checkpoint.is_dir() else checkpoint.parent)
+    else:
+        if model is None:
+            raise FuFastError("say which model to analyse: --model (and --checkpoint for trained weights)")
+        options = {k: v for k, v in (("input_dim", input_dim), ("input_size", image_size)) if v is not None}
+        net = models.build(model, 1.0 if width is None else width, **options)
+    trained = run["settings"] if run else {}
+    data_name = data or trained.get("data") or ("synthetic" if net.fu_fast_config["name"] == "mlp" else None)
+    if data_name is None:
+        raise FuFastError("say which data to analyse on: --data synthetic|cifar10|imagenet")
+    dataset = data_lib.load(
+        data_name, split, data_dir=str(data_dir) if data_dir else trained.get("data_dir"),
+        random_labels=trained.get("random_labels", False) if random_labels is None else random_labels,
+        seed=trained.get("data_seed", 0), augment=False,
+        input_dim=net.fu_fast_config["options"].get("input_dim", input_dim or 10),
+        image_size=image_size or net.fu_fast_config["options"].get("input_size"))
+    if limit is not None:
+        if limit < 1:
+            raise FuFastError(f"--limit must be at least 1, got {limit}")
+        info = {**dataset.info, "examples": min(limit, len(dataset))}
+        dataset = Subset(dataset, range(min(limit, len(dataset))))
+        dataset.info = info
+    target = torch.device(device) if device else None
+    with _progress(quiet, len(dataset)) as report:
+        result = fu_fast.analyze(net, dataset, layers=layers or None, tolerance=tolerance,
+                                 pca_tolerance=pca_tolerance, repeats=repeats, levels=levels, sample_cap=sample_cap,
+                                 unit=unit.value, seed=seed, device=target, batch_size=batch_size, progress=report)
+    if result_file is not None:
+        result.save(result_file)
+    if not quiet:
+        out.print(_layer_table(result))
+        if result_file is not None:
+            err.print(f"wrote {result_file}", highlight=False)
+
+
+def _layer_table(result) -> Table:
+    m = result.model
+    title = (f"{m['name']} x{m['width']} ({m['parameters']:,} parameters"
+             + (f", accuracy {m['accuracy']:.4f}" if m.get("accuracy") is not None else "") + ")")
+    table = Table(title=title)
+    for column in ("layer", "kind", "units", "prunable", "prunable units", "redundant units", "mean |r|"):
+        table.add_column(column, justify="left" if column in ("layer", "kind") else "right")
+    for name, layer in result.layers.items():
+        table.add_row(name, layer.kind, str(layer.units), f"{layer.prunable_fraction:.3f}",
+                      f"{layer.prunable_units:,.1f}", str(layer.redundant_units), f"{layer.mean_abs_r:.3f}")
+    return table
+
+
+class _progress:
+    """A rich progress bar over the examples of the analysis pass (nothing when quiet)."""
+
+    def __init__(self, quiet: bool, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self.bar = None if quiet else Progress("analyse", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                               console=err, transient=True)
+        self.total = total
+
+    def __enter__(self):
+        if self.bar is None:
+            return None
+        self.bar.__enter__()
+        task = self.bar.add_task("analyse", total=self.total)
+        return lambda done, total: self.bar.update(task, completed=done, total=total)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+def main() -> None:
+    app(prog_name="fu-fast")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""Training the model zoo with the paper's settings, on CPU, one GPU, or many under torchrun.
+
+    from fu_fast.train import TrainConfig, train, load_model
+    record = train(TrainConfig("mlp", width=2.0), "runs/mlp-2")   # run.json, checkpoint.pt, model.pt
+    model, info = load_model("runs/mlp-2")
+"""
+
+from .checkpoint import load_model, read_run
+from .config import MODEL_DEFAULTS, TrainConfig
+from .loop import evaluate, train
+
+__all__ = ["TrainConfig", "MODEL_DEFAULTS", "train", "evaluate", "load_model", "read_run"]

@@ -1,0 +1,96 @@
+"""The fu-fast command line through Typer's test runner: happy paths and user errors."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from fu_fast.cli.app import app
+
+from conftest import write_cifar10
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_error_line(result, *fragments):
+    """Exit code 2, and stderr is exactly one line starting with `error:` that names the problem."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_info_lists_the_build():
+    result = invoke("info")
+    assert result.exit_code == 0
+    assert "backends" in result.stdout and "cpu" in result.stdout and "gpu_usable" in result.stdout
+
+
+def test_train_then_analyze_the_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    result = invoke("train", "--model", "mlp", "--width", "0.5", "--epochs", "2", "--out", run, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "epoch 2" in result.stderr and (run / "model.pt").exists()
+    out = tmp_path / "analysis.json"
+    result = invoke("analyze", "--checkpoint", run, "--out", out, "--repeats", "2")
+    assert result.exit_code == 0, result.output
+    document = json.loads(out.read_text())
+    assert document["model"]["name"] == "mlp" and document["model"]["width"] == 0.5
+    assert document["model"]["options"]["input_dim"] == 10
+    assert document["data"]["name"] == "synthetic" and document["data"]["split"] == "test"
+    assert document["data"]["examples"] == 1000 and document["settings"]["repeats"] == 2
+    assert [layer["name"] for layer in document["layers"]] == ["relu1"]
+    assert document["layers"][0]["units"] == 64
+    assert 0.0 <= document["model"]["accuracy"] <= 1.0
+    assert "relu1" in result.stdout   # the per-layer table
+
+
+def test_analyze_an_untrained_conv_model_on_cifar(tmp_path):
+    write_cifar10(tmp_path / "cifar", per_batch=8)
+    out = tmp_path / "a.json"
+    result = invoke("analyze", "--model", "alexnet", "--width", "0.125", "--data", "cifar10", "--data-dir",
+                    tmp_path / "cifar", "--limit", "6", "--levels", "5", "--repeats", "1", "--out", out, "-q")
+    assert result.exit_code == 0, result.output
+    document = json.loads(out.read_text())
+    assert document["data"]["examples"] == 6
+    assert [layer["kind"] for layer in document["layers"]] == ["conv", "conv", "linear", "linear"]
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["analyze", "--model", "vgg"], ["unknown model", "vgg"]),
+    (["analyze", "--model", "alexnet", "--data", "cifar10", "--data-dir", "{tmp}/none"], ["cifar-10-batches-py"]),
+    (["analyze", "--model", "mlp", "--width", "-1"], ["width"]),
+    (["analyze", "--model", "mlp", "--layers", "fc9"], ["fc9"]),
+    (["analyze", "--checkpoint", "{tmp}/missing.pt"], ["does not exist"]),
+    (["analyze", "--model", "mlp", "--limit", "0"], ["--limit"]),
+    (["train", "--model", "mlp", "--out", "{tmp}/r", "--lr", "-1"], ["learning rate"]),
+    (["train", "--model", "alexnet", "--out", "{tmp}/r", "--data-dir", "{tmp}/none"], ["cifar-10-batches-py"]),
+])
+def test_user_errors_are_one_line_and_leave_no_result(tmp_path, args, fragments):
+    out = tmp_path / "out.json"
+    result = invoke(*[a.replace("{tmp}", str(tmp_path)) for a in args],
+                    *(["--out", out] if args[0] == "analyze" else []))
+    one_error_line(result, *fragments)
+    assert not out.exists()
+
+
+def test_a_mismatched_checkpoint_is_one_line(tmp_path):
+    invoke("train", "--model", "mlp", "--width", "0.25", "--epochs", "1", "--out", tmp_path / "run", "-q")
+    one_error_line(invoke("analyze", "--checkpoint", tmp_path / "run", "--width", "4"), "width 0.25, not 4")
+    one_error_line(invoke("analyze", "--checkpoint", tmp_path / "run", "--model", "resnet18"), "not 'resnet18'")
+
+
+def test_a_layer_that_is_not_a_cut_point_is_named(tmp_path):
+    """Inside a residual block the shortcut bypasses bn1: refused, naming the layer."""
+    write_cifar10(tmp_path / "cifar", per_batch=4)
+    out = tmp_path / "out.json"
+    result = invoke("analyze", "--model", "resnet56", "--width", "0.25", "--data", "cifar10", "--data-dir",
+                    tmp_path / "cifar", "--limit", "4", "--layers", "layer1.0.bn1", "--out", out)
+    one_error_line(result, "layer1.0.bn1", "cut point")
+    assert not out.exists()
