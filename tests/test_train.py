@@ -146,9 +146,11 @@ def test_two_process_gloo_run_equals_one_process(tmp_path):
     process on the same global batches: DDP averages the two halves' gradients."""
     args = ["train", "--model", "mlp", "--width", "0.5", "--epochs", "2", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # cwd: `python -m` puts the working directory first on sys.path, and the repository root
+    # holds the unbuilt source tree (no compiled fu_fast._C).
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                     "-m", "fu_fast.cli", *args, "--out", str(tmp_path / "ddp")], check=True, env=env,
-                   capture_output=True, timeout=300)
+                   capture_output=True, timeout=300, cwd=tmp_path)
     single = train(TrainConfig("mlp", width=0.5, epochs=2), tmp_path / "single", quiet=True)
     ddp_record = json.loads((tmp_path / "ddp" / "run.json").read_text())
     assert ddp_record["world_size"] == 2 and ddp_record["status"] == "finished"
