@@ -2,12 +2,7 @@
 
 Timings are reported by the benchmark, never asserted here."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import bench_cpu  # noqa: E402
+from fu_fast.benchmarks import bench_cpu
 
 
 def test_quick_benchmark_agrees_with_the_engine(tmp_path):

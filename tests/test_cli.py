@@ -68,7 +68,7 @@ def test_analyze_an_untrained_conv_model_on_cifar(tmp_path):
     (["analyze", "--model", "mlp", "--width", "-1"], ["width"]),
     (["analyze", "--model", "mlp", "--layers", "fc9"], ["fc9"]),
     (["analyze", "--checkpoint", "{tmp}/missing.pt"], ["does not exist"]),
-    (["analyze", "--model", "mlp", "--limit", "0"], ["--limit"]),
+    (["analyze", "--model", "mlp", "--limit", "0"], ["limit must"]),
     (["train", "--model", "mlp", "--out", "{tmp}/r", "--lr", "-1"], ["learning rate"]),
     (["train", "--model", "alexnet", "--out", "{tmp}/r", "--data-dir", "{tmp}/none"], ["cifar-10-batches-py"]),
 ])

@@ -95,7 +95,8 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
             prunable_fraction=max(ablation.prunable_fraction(grid, c, tolerance) for c in curves),
             samples=accumulator.samples, components=red.components, redundant_units=red.redundant_units,
             explained_variance_ratio=red.explained_variance_ratio,
-            mean_abs_r=corr.mean_abs_r, abs_r_quantiles=corr.abs_r_quantiles)
+            mean_abs_r=corr.mean_abs_r, abs_r_quantiles=corr.abs_r_quantiles,
+            abs_r_histogram=corr.abs_r_histogram)
 
     # Zoo models and data sets describe themselves (fu_fast.models, fu_fast.data).
     info = dict(model_info or getattr(model, "fu_fast_config", None) or {})

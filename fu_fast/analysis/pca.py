@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+HISTOGRAM_BINS = 50   # |r| histogram on [0, 1]: what a violin plot of a layer's correlations needs
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ def redundancy(covariance: np.ndarray, pca_tolerance: float) -> Redundancy:
 class Correlation:
     mean_abs_r: float | None
     abs_r_quantiles: dict[str, float] | None
+    abs_r_histogram: list[int] | None = None
 
 
 def correlation(covariance: np.ndarray) -> Correlation:
@@ -59,4 +61,6 @@ def correlation(covariance: np.ndarray) -> Correlation:
     upper = np.abs(sub[np.triu_indices(len(live), k=1)])
     np.clip(upper, 0.0, 1.0, out=upper)
     values = np.quantile(upper, QUANTILES)
-    return Correlation(float(upper.mean()), {str(q): float(v) for q, v in zip(QUANTILES, values)})
+    histogram = np.histogram(upper, bins=HISTOGRAM_BINS, range=(0.0, 1.0))[0]
+    return Correlation(float(upper.mean()), {str(q): float(v) for q, v in zip(QUANTILES, values)},
+                       [int(c) for c in histogram])

@@ -29,6 +29,9 @@ class LayerResult:
     abs_r_quantiles: dict[str, float] | None
     reference_units: int | None = None
     reference_ablation_units: int | None = None
+    # Counts of |r| over all pairs in HISTOGRAM_BINS bins on [0, 1]. Not part of the result
+    # document (SPEC section 5); a sweep keeps it beside it, for the violin plots.
+    abs_r_histogram: list[int] | None = None
 
     @property
     def prunable_units(self) -> float:

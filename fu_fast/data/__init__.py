@@ -20,7 +20,9 @@ Option rules:
   training loop seeds.
 """
 
-from torch.utils.data import Dataset
+from __future__ import annotations
+
+from torch.utils.data import Dataset, Subset
 
 from ..errors import FuFastError
 from . import cifar10, imagenet, synthetic
@@ -31,7 +33,7 @@ NAMES = ("synthetic", "cifar10", "imagenet")
 SPLITS = ("train", "val", "test")
 NATIVE_SIZE = {"cifar10": 32, "imagenet": 224}
 
-__all__ = ["names", "splits", "load", "NAMES", "SPLITS", "RandomLabels"]
+__all__ = ["names", "splits", "load", "for_analysis", "NAMES", "SPLITS", "RandomLabels"]
 
 
 def names() -> list:
@@ -71,3 +73,25 @@ def load(name: str, split: str, *, data_dir=None, random_labels: bool = False, s
     options.update(random_labels=bool(random_labels), augment=augment, seed=seed)
     dataset.info = {"name": name, "examples": len(dataset), "split": split, "options": options}
     return dataset
+
+
+def for_analysis(model_config: dict, *, trained: dict | None = None, name=None, split: str = "test",
+                 data_dir=None, random_labels=None, image_size=None, limit=None) -> Dataset:
+    """The evaluation data of a zoo model: what it was trained on (``trained``, the settings of
+    its run record), unless told otherwise; the first ``limit`` examples when given."""
+    trained = trained or {}
+    name = name or trained.get("data") or ("synthetic" if model_config["name"] == "mlp" else None)
+    if name is None:
+        raise FuFastError("say which data to analyse on: --data synthetic|cifar10|imagenet")
+    options = model_config["options"]
+    dataset = load(name, split, data_dir=data_dir or trained.get("data_dir"),
+                   random_labels=trained.get("random_labels", False) if random_labels is None else random_labels,
+                   seed=trained.get("data_seed", 0), input_dim=options.get("input_dim", 10),
+                   image_size=image_size or (options.get("input_size") if name != "synthetic" else None))
+    if limit is None:
+        return dataset
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise FuFastError(f"limit must be a positive number of examples, got {limit!r}")
+    subset = Subset(dataset, range(min(limit, len(dataset))))
+    subset.num_classes, subset.info = dataset.num_classes, {**dataset.info, "examples": len(subset)}
+    return subset

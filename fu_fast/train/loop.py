@@ -37,7 +37,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + 12_345) % (2**63)
 
 
-def train(config: TrainConfig, out_dir: str | Path, *, quiet: bool = False,
+def train(config: TrainConfig, out_dir: str | Path, *, quiet: bool = False, silent: bool = False,
           on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train (or resume, or find finished) the run in ``out_dir``; returns its run record.
 
@@ -45,18 +45,19 @@ def train(config: TrainConfig, out_dir: str | Path, *, quiet: bool = False,
     fu_fast.train.checkpoint). A finished run with the same settings is returned as it is;
     an unfinished one resumes from its last checkpoint; one with different settings is an
     error. Under torchrun each process trains on its shard of every global batch.
+    Progress: bars, one line per epoch when ``quiet``, nothing when ``silent``.
     """
     config = config.resolve()
     out_dir = Path(out_dir)
     ctx, device = setup(config.device)
     try:
-        return _train(config, out_dir, ctx, device, quiet, on_epoch)
+        return _train(config, out_dir, ctx, device, quiet, silent, on_epoch)
     finally:
         teardown(ctx)
 
 
 def _train(config: TrainConfig, out_dir: Path, ctx: Distributed, device: torch.device, quiet: bool,
-           on_epoch) -> dict:
+           silent: bool, on_epoch) -> dict:
     existing = ckpt.read_run(out_dir)
     if existing is not None:
         _check_same_settings(out_dir, existing["settings"], config)
@@ -108,7 +109,7 @@ def _train(config: TrainConfig, out_dir: Path, ctx: Distributed, device: torch.d
     }
     if ctx.main and existing is None:   # run.json first: a checkpoint always has its settings beside it
         ckpt.write_run(out_dir, _record(record, state, "running"))
-    progress = Progress(enabled=ctx.main, quiet=quiet)
+    progress = Progress(enabled=ctx.main and not silent, quiet=quiet)
     with progress:
         while not state["done"]:
             epoch = state["epoch"] + 1
