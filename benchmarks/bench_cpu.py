@@ -357,9 +357,11 @@ def _agree_text(check: dict | None) -> str:
     return text
 
 
-def print_table(records: list[dict], out=sys.stdout) -> None:
+def print_table(records: list[dict], out=None) -> None:
     """Wall-clock medians and ratio naive / engine; then the median of the per-repetition
-    ratios, the ratio of CPU-time medians, and the masked passes alone."""
+    ratios, the ratio of CPU-time medians, and the masked passes alone. ``out`` defaults to
+    the sys.stdout of the moment (not of import time, which a caller may have replaced)."""
+    out = out or sys.stdout
     def x(v):
         return f"{v:6.1f}x" if v else "     -"
 

@@ -22,7 +22,7 @@ from fu_fast.errors import FuFastError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Measure frivolous (prunable and redundant) units of neural networks, fast.")
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)   # messages are never broken mid-line
 
 
 class Unit(str, Enum):
@@ -140,7 +140,6 @@ def analyze(
 ) -> None:
     """Prunability, redundancy and correlations of a model's layers, in one pass over the data."""
     import torch
-    from torch.utils.data import Subset
 
     from fu_fast import data as data_lib
     from fu_fast import models
@@ -155,22 +154,9 @@ def analyze(
             raise FuFastError("say which model to analyse: --model (and --checkpoint for trained weights)")
         options = {k: v for k, v in (("input_dim", input_dim), ("input_size", image_size)) if v is not None}
         net = models.build(model, 1.0 if width is None else width, **options)
-    trained = run["settings"] if run else {}
-    data_name = data or trained.get("data") or ("synthetic" if net.fu_fast_config["name"] == "mlp" else None)
-    if data_name is None:
-        raise FuFastError("say which data to analyse on: --data synthetic|cifar10|imagenet")
-    dataset = data_lib.load(
-        data_name, split, data_dir=str(data_dir) if data_dir else trained.get("data_dir"),
-        random_labels=trained.get("random_labels", False) if random_labels is None else random_labels,
-        seed=trained.get("data_seed", 0), augment=False,
-        input_dim=net.fu_fast_config["options"].get("input_dim", input_dim or 10),
-        image_size=image_size or net.fu_fast_config["options"].get("input_size"))
-    if limit is not None:
-        if limit < 1:
-            raise FuFastError(f"--limit must be at least 1, got {limit}")
-        info = {**dataset.info, "examples": min(limit, len(dataset))}
-        dataset = Subset(dataset, range(min(limit, len(dataset))))
-        dataset.info = info
+    dataset = data_lib.for_analysis(net.fu_fast_config, trained=run["settings"] if run else None, name=data,
+                                    split=split, data_dir=str(data_dir) if data_dir else None,
+                                    random_labels=random_labels, image_size=image_size, limit=limit)
     target = torch.device(device) if device else None
     with _progress(quiet, len(dataset)) as report:
         result = fu_fast.analyze(net, dataset, layers=layers or None, tolerance=tolerance,
@@ -182,6 +168,83 @@ def analyze(
         out.print(_layer_table(result))
         if result_file is not None:
             err.print(f"wrote {result_file}", highlight=False)
+
+
+@app.command()
+@user_errors
+def sweep(
+    config_file: Optional[Path] = typer.Argument(None, metavar="[CONFIG.toml]", help="a sweep configuration file"),
+    preset: Optional[str] = typer.Option(None, help="a preset of the paper's experiments (see --list-presets)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="sweep directory (an interrupted sweep resumes)"),
+    shard: Optional[str] = typer.Option(None, help="I/N: run only members I, I+N, I+2N, ... (job arrays)"),
+    data_dir: Optional[Path] = typer.Option(None, help="where the data set lies (cifar10, imagenet presets)"),
+    trials: Optional[int] = typer.Option(None, help="independently trained networks per width [default: the sweep's]"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N [default: cuda if usable]"),
+    report: bool = typer.Option(True, "--report/--no-report", help="write the report once every member is done"),
+    list_presets: bool = typer.Option(False, "--list-presets", help="list the presets and exit"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
+) -> None:
+    """Train and analyse every member of a width series (models x widths x trials x variants)."""
+    from fu_fast.sweep import PRESETS, Shard, load_config, run_sweep
+
+    if list_presets:
+        for name, preset_config in PRESETS.items():
+            out.print(f"{name:28} {preset_config['description']}", highlight=False, soft_wrap=True)
+        return
+    if out_dir is None:
+        raise FuFastError("say where the sweep goes: --out SWEEP_DIR")
+    config = load_config(config_file, preset, trials)
+    members = config.members()
+    done = {"count": 0}
+
+    def on_member(member, event):
+        if event in ("done", "done before"):
+            done["count"] += 1
+        if not quiet and event in ("start", "done"):
+            err.print(f"[{done['count']}/{len(members)}] {event:5} {member.id}", highlight=False)
+
+    record = run_sweep(config, out_dir, shard=Shard.parse(shard), data_dir=str(data_dir) if data_dir else None,
+                       device=device, quiet=True, on_member=on_member)
+    pending = sum(m["status"] != "done" for m in record["members"])
+    if pending:
+        err.print(f"{out_dir}: {len(members) - pending}/{len(members)} members done; run the other shards "
+                  f"(or this command again) to finish", highlight=False)
+    elif report:
+        _write_report(out_dir, quiet)
+
+
+@app.command("report")
+@user_errors
+def report_command(
+    sweep_dir: Path = typer.Argument(..., help="a sweep directory of fu-fast sweep"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="do not print the summary"),
+) -> None:
+    """Gain table (markdown) and the paper's figures, into SWEEP_DIR/report/."""
+    _write_report(sweep_dir, quiet)
+
+
+def _write_report(sweep_dir: Path, quiet: bool) -> None:
+    from fu_fast.report import write_report
+
+    folder = write_report(sweep_dir)
+    if not quiet:
+        out.print((folder / "summary.md").read_text(), markup=False, highlight=False, soft_wrap=True)
+        err.print(f"report in {folder}/", highlight=False)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@user_errors
+def bench(
+    ctx: typer.Context,
+    which: str = typer.Argument("cpu", help="cpu (naive path vs fu-fast) or train (training speed)"),
+) -> None:
+    """The benchmarks of benchmarks/; further options go to the benchmark (fu-fast bench cpu --help)."""
+    from fu_fast.benchmarks import bench_cpu, bench_train
+
+    scripts = {"cpu": bench_cpu, "train": bench_train}
+    if which not in scripts:
+        raise FuFastError(f"unknown benchmark {which!r}; choose one of {', '.join(scripts)}")
+    scripts[which].main(ctx.args)
 
 
 def _layer_table(result) -> Table:

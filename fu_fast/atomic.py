@@ -20,6 +20,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -34,3 +35,9 @@ def write_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_file(path) as f:
         f.write(text.encode())
     return Path(path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -94,3 +94,57 @@ def test_a_layer_that_is_not_a_cut_point_is_named(tmp_path):
                     tmp_path / "cifar", "--limit", "4", "--layers", "layer1.0.bn1", "--out", out)
     one_error_line(result, "layer1.0.bn1", "cut point")
     assert not out.exists()
+
+
+SWEEP = """
+models = ["mlp"]
+widths = [0.5, 4]
+[train]
+epochs = 1
+[analyze]
+repeats = 1
+limit = 100
+"""
+
+
+def test_sweep_then_report(tmp_path):
+    config = tmp_path / "s.toml"
+    config.write_text(SWEEP)
+    result = invoke("sweep", config, "--out", tmp_path / "sweep")
+    assert result.exit_code == 0, result.output
+    assert "[2/2] done" in result.stderr
+    report = tmp_path / "sweep" / "report"
+    assert (report / "summary.md").exists() and (report / "report.json").exists()
+    assert "| 4" in result.stdout   # the summary table was printed
+    # Again: members are skipped, the report is rewritten.
+    (report / "summary.md").unlink()
+    result = invoke("report", tmp_path / "sweep", "-q")
+    assert result.exit_code == 0 and (report / "summary.md").exists() and result.stdout == ""
+
+
+def test_sweep_shard_leaves_the_report_for_later(tmp_path):
+    config = tmp_path / "s.toml"
+    config.write_text(SWEEP)
+    result = invoke("sweep", config, "--out", tmp_path / "sweep", "--shard", "0/2", "-q")
+    assert result.exit_code == 0, result.output
+    assert "1/2 members done" in result.stderr and not (tmp_path / "sweep" / "report").exists()
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["sweep", "{tmp}/missing.toml", "--out", "{tmp}/s"], ["cannot read sweep configuration"]),
+    (["sweep", "--preset", "alexnet-cifar-init", "--out", "{tmp}/s", "--data-dir", "{tmp}/none"],
+     ["cifar-10-batches-py"]),
+    (["sweep", "--preset", "nope", "--out", "{tmp}/s"], ["unknown preset"]),
+    (["sweep", "--preset", "mlp-synthetic", "--out", "{tmp}/s", "--shard", "3/2"], ["shard"]),
+    (["report", "{tmp}"], ["sweep.json"]),
+    (["bench", "gpu"], ["unknown benchmark"]),
+])
+def test_sweep_report_bench_user_errors(tmp_path, args, fragments):
+    one_error_line(invoke(*[a.replace("{tmp}", str(tmp_path)) for a in args]), *fragments)
+    assert not (tmp_path / "s" / "report").exists()
+
+
+def test_bench_runs_the_quick_cpu_benchmark(tmp_path):
+    result = invoke("bench", "cpu", "--quick", "--cases", "mlp", "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "b.json").read_text())["cases"][0]["case"] == "mlp"

@@ -1,0 +1,288 @@
+"""The report's numbers: a sweep directory read into series, trial statistics, gains, markdown.
+
+Every number comes from the members' analysis.json documents (SPEC section 5). A series is
+reported normalised (each layer divided by the same layer of the series' 4x member, SPEC
+section 2) when every one of its documents carries reference units; otherwise the whole
+series falls back to plain unit counts, and is labelled so: the two are never mixed
+within a series.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..analysis import AnalysisResult, LayerResult, gain
+from ..errors import FuFastError
+
+SWEEP_SCHEMA = "fu-fast/sweep/1"
+REPORT_SCHEMA = "fu-fast/report/1"
+QUANTITIES = ("prunability", "redundancy", "non_prunable", "non_redundant")
+COLUMNS = ("parameters", "accuracy") + QUANTITIES     # the columns of a series table that get a g
+HEADERS = {   # column headers: normalised series, then series in unit counts
+    True: {"prunability": "prunability", "redundancy": "redundancy",
+           "non_prunable": "non-prunable", "non_redundant": "non-redundant"},
+    False: {"prunability": "prunable units", "redundancy": "redundant units",
+            "non_prunable": "non-prunable units", "non_redundant": "non-redundant units"},
+}
+SD_NOTE = "sd: sample standard deviation over trials (ddof=1; 0 for a single trial)"
+
+
+@dataclass
+class Member:
+    """A done member of the sweep: its place in the series and what was measured."""
+    id: str
+    series: str
+    model: str
+    width: float
+    trial: int
+    variant: dict
+    analysis: AnalysisResult
+    histograms: dict = field(default_factory=dict)   # layer -> |r| counts; {} without correlations.json
+    run: dict | None = None                          # run.json; None for an untrained member
+
+    @property
+    def accuracy(self) -> float | None:
+        """The accuracy the analysis measured; else the training record's at its best epoch."""
+        if self.analysis.model.get("accuracy") is not None:
+            return self.analysis.model["accuracy"]
+        epochs = {e.get("epoch"): e for e in (self.run or {}).get("epochs", [])}
+        best = epochs.get((self.run or {}).get("best_epoch"), {})
+        return best.get("test_accuracy", best.get("val_accuracy"))
+
+
+@dataclass
+class Sweep:
+    path: Path
+    name: str
+    members: list[Member]     # done, in the order of sweep.json
+    missing: list[str]        # ids of the members that are not reported (pending, or no analysis.json)
+
+    def series(self) -> dict[str, list[Member]]:
+        """The members grouped by series, series in order of first appearance."""
+        groups: dict[str, list[Member]] = {}
+        for member in self.members:
+            groups.setdefault(member.series, []).append(member)
+        return groups
+
+
+def load_sweep(sweep_dir: str | Path) -> Sweep:
+    """Read sweep.json and every done member's documents; user mistakes raise FuFastError."""
+    sweep_dir = Path(sweep_dir)
+    record = _read_json(sweep_dir / "sweep.json", f"no sweep at {sweep_dir}: sweep.json not found")
+    if not isinstance(record, dict) or record.get("schema") != SWEEP_SCHEMA:
+        schema = record.get("schema") if isinstance(record, dict) else None
+        raise FuFastError(f"{sweep_dir / 'sweep.json'} is not a fu-fast sweep record "
+                          f"(schema {schema!r}, expected {SWEEP_SCHEMA!r})")
+    members, missing = [], []
+    for entry in record.get("members") or []:
+        try:
+            folder = sweep_dir / entry["dir"]
+            done = entry["status"] == "done" and (folder / "analysis.json").exists()
+            if not done:
+                missing.append(entry["id"])
+                continue
+            members.append(Member(entry["id"], entry["series"], entry["model"], float(entry["width"]),
+                                  int(entry["trial"]), dict(entry.get("variant") or {}),
+                                  _read_analysis(folder / "analysis.json"), _read_histograms(folder),
+                                  _read_json(folder / "run.json", None)))
+        except (KeyError, TypeError, ValueError) as e:
+            raise FuFastError(f"{sweep_dir / 'sweep.json'} has a malformed member entry ({e!r})") from None
+    if not members:
+        raise FuFastError(f"{sweep_dir}: no member of the sweep is done yet "
+                          f"({len(missing)} pending); nothing to report")
+    return Sweep(sweep_dir, str(record.get("name", sweep_dir.name)), members, missing)
+
+
+def _read_json(path: Path, missing_message: str | None):
+    """The JSON at ``path``; a missing file is an error with ``missing_message``, or None without one."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        if missing_message is None:
+            return None
+        raise FuFastError(missing_message) from None
+    except (OSError, ValueError) as e:
+        raise FuFastError(f"cannot read {path}: {_one_line(e)}") from None
+
+
+def _read_analysis(path: Path) -> AnalysisResult:
+    try:
+        return AnalysisResult.from_dict(_read_json(path, None))
+    except (KeyError, TypeError, ValueError) as e:
+        raise FuFastError(f"{path} is not a readable fu-fast analysis document: {_one_line(e)}") from None
+
+
+def _read_histograms(folder: Path) -> dict:
+    document = _read_json(folder / "correlations.json", None) or {}
+    return {name: counts for name, counts in (document.get("layers") or {}).items() if counts and sum(counts) > 0}
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+# ---------------------------------------------------------------------------------------- numbers
+
+def is_normalized(members: list[Member]) -> bool:
+    return all(l.reference_units and l.reference_ablation_units
+               for m in members for l in m.analysis.layers.values())
+
+
+def layer_values(layer: LayerResult, normalized: bool) -> dict[str, float]:
+    """A layer's frivolous units and their complements, divided by its 4x size when normalised."""
+    prune_scale = layer.reference_ablation_units if normalized else 1
+    redund_scale = layer.reference_units if normalized else 1
+    return {"prunability": layer.prunable_units / prune_scale,
+            "redundancy": layer.redundant_units / redund_scale,
+            "non_prunable": (layer.ablation_units - layer.prunable_units) / prune_scale,
+            "non_redundant": (layer.units - layer.redundant_units) / redund_scale}
+
+
+def network_values(member: Member, normalized: bool) -> dict[str, float]:
+    """Mean over layers, each layer weighted equally: normalised, this is the document's summary."""
+    per_layer = [layer_values(l, normalized) for l in member.analysis.layers.values()]
+    return {q: sum(v[q] for v in per_layer) / len(per_layer) for q in QUANTITIES}
+
+
+def stats(values: list) -> dict | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    mean = sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return {"mean": mean, "sd": sd}
+
+
+def safe_gain(widths: list[float], means: list) -> float | None:
+    """fu_fast.gain, or None where g is undefined (a missing or non-positive value, one width)."""
+    if any(m is None for m in means):
+        return None
+    try:
+        return gain(widths, means)
+    except ValueError:
+        return None
+
+
+def _gains(rows: list[dict], columns) -> dict:
+    widths = [r["width"] for r in rows]
+    return {c: safe_gain(widths, [r[c]["mean"] if isinstance(r[c], dict) else r[c] for r in rows])
+            for c in columns}
+
+
+def summarize_sweep(sweep: Sweep) -> dict:
+    """The report's numbers per series (trial means and sds per width, gains) and the gain ranges."""
+    series_out = []
+    labels = _labels(sweep)
+    for series, members in sweep.series().items():
+        normalized = is_normalized(members)
+        by_width: dict[float, list[Member]] = {}
+        for m in sorted(members, key=lambda m: (m.width, m.trial)):
+            by_width.setdefault(m.width, []).append(m)
+        rows, layer_rows = [], {name: [] for name in members[0].analysis.layers}
+        for width, trials in by_width.items():
+            values = [network_values(m, normalized) for m in trials]
+            rows.append({"width": width, "trials": len(trials),
+                         "parameters": round(sum(m.analysis.model["parameters"] for m in trials) / len(trials)),
+                         "accuracy": stats([m.accuracy for m in trials]),
+                         **{q: stats([v[q] for v in values]) for q in QUANTITIES}})
+            for name, out in layer_rows.items():
+                present = [layer_values(m.analysis.layers[name], normalized)
+                           for m in trials if name in m.analysis.layers]
+                if present:
+                    out.append({"width": width, **{q: stats([v[q] for v in present]) for q in QUANTITIES}})
+        first = members[0]
+        series_out.append({
+            "series": series, "label": labels[series], "model": first.model, "variant": first.variant,
+            "normalized": normalized, "widths": list(by_width), "rows": rows, "gains": _gains(rows, COLUMNS),
+            "layers": {name: {"rows": lr, "gains": _gains(lr, QUANTITIES)} for name, lr in layer_rows.items()},
+        })
+    return {"schema": REPORT_SCHEMA, "name": sweep.name,
+            "members": {"done": len(sweep.members), "pending": len(sweep.missing), "missing": sweep.missing},
+            "sd": SD_NOTE, "series": series_out, "gain_range": _gain_ranges(series_out)}
+
+
+def _gain_ranges(series: list[dict]) -> dict:
+    """g_min/g_max across the curves of a plot: the series (network level), series x layers (per layer)."""
+    def span(gains):
+        gains = [g for g in gains if g is not None]
+        return {"min": min(gains), "max": max(gains)} if gains else None
+
+    return {"network": {c: span([s["gains"][c] for s in series]) for c in COLUMNS},
+            "layers": {q: span([l["gains"][q] for s in series for l in s["layers"].values()]) for q in QUANTITIES}}
+
+
+def _labels(sweep: Sweep) -> dict[str, str]:
+    """'model key=value ...' per series; the series id where two labels would coincide."""
+    labels = {}
+    for series, members in sweep.series().items():
+        m = members[0]
+        labels[series] = " ".join([m.model] + [f"{k}={_text(v)}" for k, v in m.variant.items()])
+    if len(set(labels.values())) < len(labels):
+        return {s: s for s in labels}
+    return labels
+
+
+def _text(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+# --------------------------------------------------------------------------------------- markdown
+
+def fmt_stats(s: dict | None) -> str:
+    return "n/a" if s is None else f"{s['mean']:.4f} ± {s['sd']:.4f}"
+
+
+def fmt_gain(g: float | None) -> str:
+    return "n/a" if g is None else f"{g:.4f}"
+
+
+def markdown(summary: dict, figures: list[str] = ()) -> str:
+    m = summary["members"]
+    lines = [f"# Frivolous units: {summary['name']}", "",
+             f"Members reported: {m['done']} done, {m['pending']} pending"
+             + (f" (missing: {', '.join(m['missing'])})" if m["missing"] else "") + ".", "",
+             "Values are means ± sd over trials at each width; " + SD_NOTE + ". "
+             "g = 2^b, b the least-squares slope of log2(value) on log2(width) of the trial means "
+             "(g > 2: more than doubles when the width doubles; n/a: undefined).", ""]
+    for s in summary["series"]:
+        head = HEADERS[s["normalized"]]
+        lines += [f"## {s['label']}", "", f"Series `{s['series']}`. " + (
+            "Values normalised by the same layer of the series' 4x member, mean over layers."
+            if s["normalized"] else
+            "**Not normalised**: the series has no 4x member, so values are unit counts "
+            "(mean over layers), not comparable in scale with normalised series."), ""]
+        columns = ["width", "trials", "parameters", "accuracy"] + [head[q] for q in QUANTITIES]
+        lines += _table_head(columns)
+        for r in s["rows"]:
+            lines.append(_row([f"{r['width']:g}", str(r["trials"]), str(r["parameters"]), fmt_stats(r["accuracy"])]
+                              + [fmt_stats(r[q]) for q in QUANTITIES]))
+        lines.append(_row(["g", ""] + [fmt_gain(s["gains"][c]) for c in COLUMNS]))
+        lines += ["", f"Per layer ({'normalised' if s['normalized'] else 'unit counts'}; "
+                      "the g row after each layer's widths):", ""]
+        lines += _table_head(["layer", "width"] + [head[q] for q in QUANTITIES])
+        for name, layer in s["layers"].items():
+            for r in layer["rows"]:
+                lines.append(_row([name, f"{r['width']:g}"] + [fmt_stats(r[q]) for q in QUANTITIES]))
+            lines.append(_row([name, "g"] + [fmt_gain(layer["gains"][q]) for q in QUANTITIES]))
+        lines.append("")
+    lines += ["## Gain ranges", "", "g_min / g_max across the curves of a plot: across the series (network), "
+              "across series and layers (per layer).", ""]
+    lines += _table_head(["quantity", "network g_min", "network g_max", "per-layer g_min", "per-layer g_max"])
+    ranges = summary["gain_range"]
+    for c in COLUMNS:
+        net, lay = ranges["network"][c], ranges["layers"].get(c)
+        lines.append(_row([c.replace("_", "-")] + [fmt_gain(r and r[k]) for r in (net, lay) for k in ("min", "max")]))
+    if figures:
+        lines += ["", "## Figures", ""] + [f"![{name}]({name}.png) ([pdf]({name}.pdf))" for name in figures]
+    return "\n".join(lines) + "\n"
+
+
+def _table_head(columns: list[str]) -> list[str]:
+    return [_row(columns), _row(["---"] * len(columns))]
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
