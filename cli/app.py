@@ -158,7 +158,7 @@ def analyze(
                                     split=split, data_dir=str(data_dir) if data_dir else None,
                                     random_labels=random_labels, image_size=image_size, limit=limit)
     target = torch.device(device) if device else None
-    with _progress(quiet, len(dataset)) as report:
+    with _progress(quiet, len(dataset), "analyse") as report:
         result = fu_fast.analyze(net, dataset, layers=layers or None, tolerance=tolerance,
                                  pca_tolerance=pca_tolerance, repeats=repeats, levels=levels, sample_cap=sample_cap,
                                  unit=unit.value, seed=seed, device=target, batch_size=batch_size, progress=report)
@@ -195,16 +195,17 @@ def sweep(
         raise FuFastError("say where the sweep goes: --out SWEEP_DIR")
     config = load_config(config_file, preset, trials)
     members = config.members()
-    done = {"count": 0}
+    with _progress(quiet, len(members), "sweep") as advance:
+        finished = {"count": 0}
 
-    def on_member(member, event):
-        if event in ("done", "done before"):
-            done["count"] += 1
-        if not quiet and event in ("start", "done"):
-            err.print(f"[{done['count']}/{len(members)}] {event:5} {member.id}", highlight=False)
+        def on_member(member, event):
+            if event != "start":   # done, done before, or another shard's
+                finished["count"] += 1
+            if advance is not None:
+                advance(finished["count"], len(members), member.id if event == "start" else "")
 
-    record = run_sweep(config, out_dir, shard=Shard.parse(shard), data_dir=str(data_dir) if data_dir else None,
-                       device=device, quiet=True, on_member=on_member)
+        record = run_sweep(config, out_dir, shard=Shard.parse(shard), data_dir=str(data_dir) if data_dir else None,
+                           device=device, quiet=True, on_member=on_member)
     pending = sum(m["status"] != "done" for m in record["members"])
     if pending:
         err.print(f"{out_dir}: {len(members) - pending}/{len(members)} members done; run the other shards "
@@ -261,25 +262,28 @@ def _layer_table(result) -> Table:
 
 
 class _progress:
-    """A rich progress bar over the examples of the analysis pass (nothing when quiet)."""
+    """A rich progress bar (nothing when quiet); the ``with`` value is an update function
+    (done, total, note) or None."""
 
-    def __init__(self, quiet: bool, total: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    def __init__(self, quiet: bool, total: int, label: str):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.bar = None if quiet else Progress("analyse", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                               console=err, transient=True)
+        self.bar = None if quiet else Progress(label, BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                               TextColumn("{task.fields[note]}"), console=err)
         self.total = total
 
     def __enter__(self):
         if self.bar is None:
             return None
         self.bar.__enter__()
-        task = self.bar.add_task("analyse", total=self.total)
-        return lambda done, total: self.bar.update(task, completed=done, total=total)
+        self.task = self.bar.add_task("", total=self.total, note="")
+        return lambda done, total, note="": self.bar.update(self.task, completed=done, total=total, note=note)
 
-    def __exit__(self, *exc):
+    def __exit__(self, error_type, *exc):
         if self.bar is not None:
-            self.bar.__exit__(*exc)
+            if error_type is not None:   # the error line alone, no half-filled bar above it
+                self.bar.remove_task(self.task)
+            self.bar.__exit__(error_type, *exc)
 
 
 def main() -> None:
