@@ -132,18 +132,25 @@ def analyze(
     levels: int = typer.Option(21, help="ablation fractions from 0 to 1"),
     sample_cap: int = typer.Option(50_000, help="most sampled positions per conv layer for redundancy"),
     unit: Unit = typer.Option(Unit.position, help="conv ablation unit: every position, or whole channels"),
-    seed: int = typer.Option(0, help="seed of the masks and the position sample"),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N [default: cuda if usable]"),
+    seed: int = typer.Option(0, help="seed of the masks, the position sample and an untrained model's weights"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N [default: cuda if usable; under torchrun, "
+                                                    "the local rank's GPU]"),
     batch_size: Optional[int] = typer.Option(None, help="rows per batch (results do not depend on it)"),
     result_file: Optional[Path] = typer.Option(None, "--out", help="write the JSON result document here"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no table, no progress"),
 ) -> None:
-    """Prunability, redundancy and correlations of a model's layers, in one pass over the data."""
+    """Prunability, redundancy and correlations of a model's layers, in one pass over the data.
+
+    Many GPUs or nodes: run it under torchrun (`torchrun --nproc_per_node 8 -m fu_fast.cli analyze ...`);
+    each process analyses a shard of the data and the result equals a single process's.
+    """
     import torch
+
 
     from fu_fast import data as data_lib
     from fu_fast import models
     from fu_fast.train import load_model, read_run
+    from fu_fast.train.distributed import setup, teardown
 
     run = None
     if checkpoint is not None:
@@ -153,15 +160,23 @@ def analyze(
         if model is None:
             raise FuFastError("say which model to analyse: --model (and --checkpoint for trained weights)")
         options = {k: v for k, v in (("input_dim", input_dim), ("input_size", image_size)) if v is not None}
+        torch.manual_seed(seed)   # an untrained model: the same weights in every process and every run
         net = models.build(model, 1.0 if width is None else width, **options)
     dataset = data_lib.for_analysis(net.fu_fast_config, trained=run["settings"] if run else None, name=data,
                                     split=split, data_dir=str(data_dir) if data_dir else None,
                                     random_labels=random_labels, image_size=image_size, limit=limit)
-    target = torch.device(device) if device else None
-    with _progress(quiet, len(dataset), "analyse") as report:
-        result = fu_fast.analyze(net, dataset, layers=layers or None, tolerance=tolerance,
-                                 pca_tolerance=pca_tolerance, repeats=repeats, levels=levels, sample_cap=sample_cap,
-                                 unit=unit.value, seed=seed, device=target, batch_size=batch_size, progress=report)
+    # Under torchrun every process analyses a shard of the data (fu_fast.analyze combines them).
+    ctx, target = setup(device)
+    try:
+        with _progress(quiet or not ctx.main, len(dataset), "analyse") as report:
+            result = fu_fast.analyze(net.to(target), dataset, layers=layers or None, tolerance=tolerance,
+                                     pca_tolerance=pca_tolerance, repeats=repeats, levels=levels,
+                                     sample_cap=sample_cap, unit=unit.value, seed=seed, device=target,
+                                     batch_size=batch_size, progress=report)
+    finally:
+        teardown(ctx)
+    if not ctx.main:
+        return
     if result_file is not None:
         result.save(result_file)
     if not quiet:

@@ -148,3 +148,21 @@ def test_bench_runs_the_quick_cpu_benchmark(tmp_path):
     result = invoke("bench", "cpu", "--quick", "--cases", "mlp", "--json", tmp_path / "b.json")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "b.json").read_text())["cases"][0]["case"] == "mlp"
+
+
+def test_analyze_under_torchrun_equals_one_process(tmp_path):
+    """Two gloo processes each analyse half the data; the document equals one process's."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["analyze", "--model", "mlp", "--width", "0.5", "--limit", "301", "--device", "cpu", "-q"]
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "fu_fast.cli", *args, "--out", str(tmp_path / "two.json")], cwd=tmp_path,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert invoke(*args, "--out", tmp_path / "one.json").exit_code == 0
+    two, one = (json.loads((tmp_path / f).read_text()) for f in ("two.json", "one.json"))
+    assert two["data"]["examples"] == one["data"]["examples"] == 301
+    assert two["layers"][0]["prunability"] == one["layers"][0]["prunability"]
+    assert two["layers"][0]["redundancy"]["components"] == one["layers"][0]["redundancy"]["components"]

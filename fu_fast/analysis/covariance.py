@@ -53,6 +53,25 @@ class CovarianceAccumulator:
     def update(self, activation: torch.Tensor, rows: torch.Tensor) -> None:
         kernels.covariance_accumulate(activation, rows, self.count, self.mean, self.comoment)
 
+    def merge(self, count: torch.Tensor, mean: torch.Tensor, comoment: torch.Tensor) -> None:
+        """Fold in another accumulator's moments (Chan et al.'s pairwise update)."""
+        n_a, n_b = float(self.count), float(count)
+        if n_b == 0:
+            return
+        n = n_a + n_b
+        delta = mean - self.mean
+        self.mean += delta * (n_b / n)
+        self.comoment += comoment + torch.outer(delta, delta) * (n_a * n_b / n)
+        self.count += n_b
+
+    def state(self) -> torch.Tensor:
+        """count, mean and co-moment in one float64 vector (for collective communication)."""
+        return torch.cat([self.count, self.mean, self.comoment.flatten()])
+
+    def merge_state(self, state: torch.Tensor) -> None:
+        c = self.mean.numel()
+        self.merge(state[:1], state[1:1 + c], state[1 + c:].view(c, c))
+
     def covariance(self) -> np.ndarray:
         """The sample covariance (ddof = 1; zeros with fewer than two samples)."""
         n = self.samples

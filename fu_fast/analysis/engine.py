@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .. import kernels
@@ -36,7 +37,7 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
             unit: str = "position", seed: int = 0, device=None, batch_size: int | None = None,
             memory_budget: int | None = None, model_info: dict | None = None,
             data_info: dict | None = None, trial: int | None = None,
-            progress: Callable[[int, int], None] | None = None) -> AnalysisResult:
+            progress: Callable[[int, int], None] | None = None, distributed: bool | None = None) -> AnalysisResult:
     """Prunability, redundancy and correlations of a model's layers, in one pass over data.
 
     Args:
@@ -60,6 +61,10 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
             model's ``fu_fast_config`` and the data set's ``info``, which zoo models and
             fu_fast.data sets carry).
         progress: called with (examples done, examples in all) after each batch.
+        distributed: analyse one shard of the data per process and combine (agreement counts
+            summed, covariances merged) so every process gets the single-process result.
+            Default: when torch.distributed is initialised with more than one process
+            (torchrun). The data must then be a tensor or a map-style Dataset.
     """
     _check_settings(tolerance, pca_tolerance, repeats, sample_cap, unit)
     try:
@@ -70,6 +75,9 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
     dtype = _model_dtype(model)
     _check_parameters(model)
     batches = Batches(data, batch_size)
+    group = _process_group(distributed)
+    if group is not None:
+        batches.shard(dist.get_rank(), dist.get_world_size())
 
     started = time.perf_counter()
     was_training = {m: m.training for m in model.modules()}
@@ -79,6 +87,8 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
             layer_records, counts, correct = _one_pass(
                 model, batches, layers, grid, repeats, sample_cap, unit, seed, device, dtype,
                 memory_budget, progress)
+            if group is not None:
+                correct = _combine(layer_records, counts, correct, device)
     finally:
         for module, training in was_training.items():
             module.train(training)
@@ -138,7 +148,7 @@ def _one_pass(model, batches, layer_names, grid, repeats, sample_cap, unit, seed
     counts = {layer.name: np.zeros(plan.num_masks, dtype=np.int64) for layer, plan, _, _ in records}
     budget = memory_budget or _default_budget(device)
 
-    first, correct = 0, 0
+    first, correct = batches.offset, 0   # global index of the batch's first example
     for inputs, labels in batches:
         x = _prepare(inputs, device, dtype)
         rows = x.shape[0]
@@ -160,8 +170,40 @@ def _one_pass(model, batches, layer_names, grid, repeats, sample_cap, unit, seed
                 counts[layer.name][start:start + len(keys)] += agreed.numpy()
         first += rows
         if progress is not None:
-            progress(first, batches.examples)
+            progress(first - batches.offset, batches.stop - batches.offset)
     return records, counts, correct
+
+
+def _process_group(distributed: bool | None):
+    """Whether to combine over torch.distributed's default group (None: when there is one)."""
+    running = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if distributed and not running:
+        raise FuFastError("distributed analysis needs torch.distributed initialised with more than one "
+                          "process (run under torchrun)")
+    return dist.group.WORLD if (running if distributed is None else distributed) else None
+
+
+def _combine(records, counts: dict, correct: int, device: torch.device) -> int:
+    """Sum the agreement counts and correct labels over processes; merge the covariances in
+    rank order, so every process ends with the same moments."""
+    # NCCL communicates GPU tensors; gloo, CPU ones.
+    comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    names = list(counts)
+    flat = torch.from_numpy(np.concatenate([counts[n] for n in names] + [np.array([correct])])).to(comm)
+    dist.all_reduce(flat)
+    flat, start = flat.cpu().numpy(), 0
+    for name in names:
+        counts[name][:] = flat[start:start + len(counts[name])]
+        start += len(counts[name])
+    for _, _, _, accumulator in records:
+        state = accumulator.state().to(comm)
+        gathered = [torch.empty_like(state) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, state)
+        merged = CovarianceAccumulator(accumulator.mean.numel())
+        for other in gathered:
+            merged.merge_state(other.cpu())
+        accumulator.count, accumulator.mean, accumulator.comoment = merged.count, merged.mean, merged.comoment
+    return int(flat[-1])
 
 
 def _base_forward(model, x, records, first_example):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler, Subset
 
 from ..errors import FuFastError
 
@@ -49,11 +49,28 @@ class Batches:
             self.passes += 1
         if self.examples == 0:
             raise FuFastError("the data is empty: there are no examples to analyse")
+        # This process's slice of the data: all of it, unless shard() narrows it.
+        self.offset, self.stop = 0, self.examples
+
+    def shard(self, rank: int, world: int) -> None:
+        """Keep examples [rank*N/W, (rank+1)*N/W): one contiguous block per process, so global
+        example indices (which the position sample is drawn over) stay offset + local index."""
+        self.offset, self.stop = rank * self.examples // world, (rank + 1) * self.examples // world
+        if hasattr(self, "_inputs"):
+            return
+        if not isinstance(self._loader.dataset, Dataset) or isinstance(self._loader.dataset, IterableDataset) \
+                or self._loader.batch_size is None or not isinstance(self._loader.sampler, SequentialSampler):
+            raise FuFastError("distributed analysis shards the data itself: pass a tensor or a map-style "
+                              "Dataset (or a plain DataLoader over one, without a sampler)")
+        loader = self._loader
+        self._loader = DataLoader(Subset(loader.dataset, range(self.offset, self.stop)),
+                                  batch_size=loader.batch_size, num_workers=loader.num_workers,
+                                  collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
 
     def _iterate(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         if not hasattr(self, "_loader"):
-            for start in range(0, self.examples, self.batch_size):
-                stop = start + self.batch_size
+            for start in range(self.offset, self.stop, self.batch_size):
+                stop = min(start + self.batch_size, self.stop)
                 yield self._inputs[start:stop], None if self._labels is None else self._labels[start:stop]
             return
         for item in self._loader:
@@ -68,8 +85,8 @@ class Batches:
             if labels is None:
                 self.labels_known = False
             yield inputs, labels
-        if seen != self.examples:
-            raise FuFastError(f"the data yielded {seen} examples but announced {self.examples}; "
+        if seen != self.stop - self.offset:
+            raise FuFastError(f"the data yielded {seen} examples but announced {self.stop - self.offset}; "
                               "use a loader that yields every example once (no drop_last)")
 
     def first(self) -> torch.Tensor:
