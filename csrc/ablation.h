@@ -29,4 +29,16 @@ void label_agreement_cpu(const void* logits, DType dtype, int64_t num_masks, int
                          int64_t classes, int64_t row_stride, const int64_t* base_labels,
                          int64_t* counts);
 
+#ifdef FU_FAST_WITH_CUDA
+// CUDA twins: every pointer (keys and thresholds included) is device memory; the work is
+// queued on `stream` (a cudaStream_t, PyTorch's current stream) and not waited for.
+void permutation_ranks_cuda(uint64_t key, int64_t n, int64_t* ranks, void* stream);
+void expand_masked_cuda(const void* src, void* dst, int64_t batch, int64_t units, int64_t inner,
+                        int elem_size, MaskSpec masks, void* stream);
+// counts must hold num_masks int64 counters; they are added to, as on the CPU.
+void label_agreement_cuda(const void* logits, DType dtype, int64_t num_masks, int64_t batch,
+                          int64_t classes, int64_t row_stride, const int64_t* base_labels,
+                          int64_t* counts, void* stream);
+#endif
+
 }  // namespace fu_fast

@@ -139,4 +139,44 @@ PYBIND11_MODULE(_C, m) {
       py::arg("stride_batch"), py::arg("stride_channel"), py::arg("stride_spatial"),
       py::arg("rows"), py::arg("num_rows"), py::arg("count"), py::arg("mean"),
       py::arg("comoment"));
+
+#ifdef FU_FAST_WITH_CUDA
+  // CUDA twins: the same arguments plus the stream (PyTorch's current stream, as an
+  // integer); pointers are device memory. The kernels are queued, not waited for.
+  m.def(
+      "permutation_ranks_cuda",
+      [](uint64_t key, int64_t n, uintptr_t ranks, uintptr_t stream) {
+        require(n >= 1, "permutation_ranks_cuda: n must be >= 1");
+        permutation_ranks_cuda(key, n, as_pointer<int64_t>(ranks, "ranks"), reinterpret_cast<void*>(stream));
+      },
+      py::arg("key"), py::arg("n"), py::arg("ranks"), py::arg("stream"));
+
+  m.def(
+      "expand_masked_cuda",
+      [](uintptr_t src, uintptr_t dst, int64_t batch, int64_t units, int64_t inner, int elem_size,
+         uintptr_t keys, uintptr_t thresholds, int64_t num_masks, uintptr_t stream) {
+        require(batch >= 1 && units >= 1 && inner >= 1 && num_masks >= 1,
+                "expand_masked_cuda: sizes must be positive");
+        MaskSpec masks{as_pointer<const uint64_t>(keys, "keys"),
+                       as_pointer<const int64_t>(thresholds, "thresholds"), num_masks};
+        expand_masked_cuda(as_pointer<const void>(src, "src"), as_pointer<void>(dst, "dst"), batch, units,
+                           inner, elem_size, masks, reinterpret_cast<void*>(stream));
+      },
+      py::arg("src"), py::arg("dst"), py::arg("batch"), py::arg("units"), py::arg("inner"),
+      py::arg("elem_size"), py::arg("keys"), py::arg("thresholds"), py::arg("num_masks"),
+      py::arg("stream"));
+
+  m.def(
+      "label_agreement_cuda",
+      [](uintptr_t logits, int dtype, int64_t num_masks, int64_t batch, int64_t classes,
+         int64_t row_stride, uintptr_t base_labels, uintptr_t counts, uintptr_t stream) {
+        require(num_masks >= 1 && batch >= 1 && classes >= 1 && row_stride >= classes,
+                "label_agreement_cuda: bad sizes");
+        label_agreement_cuda(as_pointer<const void>(logits, "logits"), as_dtype(dtype), num_masks, batch,
+                             classes, row_stride, as_pointer<const int64_t>(base_labels, "base_labels"),
+                             as_pointer<int64_t>(counts, "counts"), reinterpret_cast<void*>(stream));
+      },
+      py::arg("logits"), py::arg("dtype"), py::arg("num_masks"), py::arg("batch"), py::arg("classes"),
+      py::arg("row_stride"), py::arg("base_labels"), py::arg("counts"), py::arg("stream"));
+#endif
 }

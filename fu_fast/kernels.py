@@ -1,10 +1,11 @@
 """Dispatch of the native kernels (fu_fast._C) on torch tensors.
 
 The extension does not link libtorch: a tensor crosses the binding as its data pointer,
-sizes and strides. This module is the only caller, so every check that keeps a pointer
-valid (device, dtype, contiguity, sizes) lives here. Tensors on a GPU use the pure
-PyTorch reference implementations (fu_fast.reference) on that GPU until the CUDA
-kernels are wired in.
+sizes and strides (and, on a GPU, PyTorch's current stream). This module is the only
+caller, so every check that keeps a pointer valid (device, dtype, contiguity, sizes)
+lives here. GPU tensors use the CUDA kernels when the build has them (masked expansion,
+label agreement, permutation ranks); otherwise, and for the covariance, whose CUDA twin
+is still to come, the pure PyTorch references (fu_fast.reference) run on the GPU.
 """
 
 from __future__ import annotations
@@ -37,6 +38,20 @@ def build_info() -> dict:
     return info
 
 
+def cuda_kernels_compiled() -> bool:
+    """Whether this build holds the CUDA kernels (else GPU tensors use fu_fast.reference)."""
+    return hasattr(_C, "expand_masked_cuda")
+
+
+def _native(tensor: torch.Tensor) -> bool:
+    """Whether the native kernels take this tensor: CPU always, CUDA when compiled in."""
+    return tensor.device.type == "cpu" or (tensor.device.type == "cuda" and cuda_kernels_compiled())
+
+
+def _stream(tensor: torch.Tensor) -> int:
+    return torch.cuda.current_stream(tensor.device).cuda_stream
+
+
 def backend_for(device: torch.device) -> str:
     """The backend of the result document for an analysis on ``device``: "cpu" or "cuda"."""
     return torch.device(device).type
@@ -54,10 +69,15 @@ def signed_keys(keys) -> torch.Tensor:
     return torch.tensor([k - (1 << 64) if k >= (1 << 63) else k for k in keys], dtype=torch.int64)
 
 
-def permutation_ranks(key: int, n: int) -> torch.Tensor:
-    """rank_key(u) for u in 0..n-1, as an int64 CPU tensor."""
-    ranks = torch.empty(n, dtype=torch.int64)
-    _C.permutation_ranks(key, n, ranks.data_ptr())
+def permutation_ranks(key: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """rank_key(u) for u in 0..n-1, as an int64 tensor on ``device`` (a GPU needs the CUDA build)."""
+    ranks = torch.empty(n, dtype=torch.int64, device=device)
+    if ranks.device.type == "cuda":
+        if not cuda_kernels_compiled():
+            raise FuFastError("this build of fu_fast has no CUDA kernels (see fu_fast.build_info())")
+        _C.permutation_ranks_cuda(key, n, ranks.data_ptr(), _stream(ranks))
+    else:
+        _C.permutation_ranks(key, n, ranks.data_ptr())
     return ranks
 
 
@@ -72,15 +92,19 @@ def expand_masked(x: torch.Tensor, keys: list[int], thresholds: list[int], inner
     batch = x.shape[0]
     row = x[0].numel() if batch else 0
     units = row // inner
-    if x.device.type != "cpu":
+    if not _native(x):
         return reference.expand_masked(x, keys, thresholds, inner)
     _dtype_code(x)
     src = x.contiguous()
-    out = torch.empty((num_masks * batch,) + tuple(x.shape[1:]), dtype=x.dtype)
-    key_tensor = signed_keys(keys)
-    threshold_tensor = torch.tensor(thresholds, dtype=torch.int64)
-    _C.expand_masked(src.data_ptr(), out.data_ptr(), batch, units, inner, x.element_size(),
-                     key_tensor.data_ptr(), threshold_tensor.data_ptr(), num_masks)
+    out = torch.empty((num_masks * batch,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+    key_tensor = signed_keys(keys).to(x.device)
+    threshold_tensor = torch.tensor(thresholds, dtype=torch.int64).to(x.device)
+    args = (src.data_ptr(), out.data_ptr(), batch, units, inner, x.element_size(),
+            key_tensor.data_ptr(), threshold_tensor.data_ptr(), num_masks)
+    if x.device.type == "cuda":
+        _C.expand_masked_cuda(*args, _stream(x))
+    else:
+        _C.expand_masked(*args)
     return out
 
 
@@ -88,15 +112,19 @@ def label_agreement(logits: torch.Tensor, base_labels: torch.Tensor, num_masks: 
     """Per mask k, how many of the B rows logits[k*B:(k+1)*B] have argmax == base_labels."""
     if logits.dim() != 2:
         raise FuFastError(f"the model's output must be (batch, classes) logits, got shape {tuple(logits.shape)}")
-    if logits.device.type != "cpu":
+    if not _native(logits):
         return reference.label_agreement(logits, base_labels, num_masks)
     code = _dtype_code(logits)
     if logits.stride(1) != 1:
         logits = logits.contiguous()
-    base = base_labels.to(torch.int64).contiguous()
-    counts = torch.zeros(num_masks, dtype=torch.int64)
-    _C.label_agreement(logits.data_ptr(), code, num_masks, base.numel(), logits.shape[1],
-                       logits.stride(0), base.data_ptr(), counts.data_ptr())
+    base = base_labels.to(device=logits.device, dtype=torch.int64).contiguous()
+    counts = torch.zeros(num_masks, dtype=torch.int64, device=logits.device)
+    args = (logits.data_ptr(), code, num_masks, base.numel(), logits.shape[1], logits.stride(0),
+            base.data_ptr(), counts.data_ptr())
+    if logits.device.type == "cuda":
+        _C.label_agreement_cuda(*args, _stream(logits))
+    else:
+        _C.label_agreement(*args)
     return counts
 
 
