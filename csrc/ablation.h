@@ -12,15 +12,32 @@ struct MaskSpec {
   int64_t num_masks;
 };
 
-// Writes num_masks masked copies of a layer output.
-//   src: [batch, units, inner] contiguous, elements of elem_size bytes
-//   dst: [num_masks, batch, units, inner] contiguous
-// inner is 1 when every element is a unit (linear layers, conv with unit=position) and
-// H*W when whole feature maps are units (unit=channel). Masking only copies or zeroes
-// elements, and all-zero bits are +0.0 in every IEEE format, so the kernel is
-// dtype-agnostic: it moves bytes of elem_size (2, 4 or 8).
-void expand_masked_cpu(const void* src, void* dst, int64_t batch, int64_t units, int64_t inner,
-                       int elem_size, MaskSpec masks);
+// Which unit each element of a row (one example's layer output, units * inner elements)
+// belongs to. In NCHW (or (B, C)) order element e belongs to unit e / inner: inner is 1
+// when every element is a unit (linear layers, conv with unit=position) and H*W when whole
+// feature maps are units (unit=channel). A channels_last conv output stores channel c of
+// spatial position s at e = s * channels + c; its unit is still defined by the logical
+// NCHW index, (c * spatial + s) / inner, so masks do not depend on the memory format.
+struct RowLayout {
+  int64_t units, inner;
+  int64_t channels, spatial;  // read only when channels_last
+  bool channels_last;
+};
+
+FU_FAST_HD int64_t unit_of_element(int64_t e, const RowLayout& layout) {
+  if (!layout.channels_last) return e / layout.inner;
+  const int64_t c = e % layout.channels, s = e / layout.channels;
+  return (c * layout.spatial + s) / layout.inner;
+}
+
+#if !defined(__CUDACC_RTC__)  // host entry points; NVRTC compiles device code only
+// Writes num_masks masked copies of a layer output, each row in the memory order of src.
+//   src: [batch, row] contiguous rows (row = units * inner elements of elem_size bytes)
+//   dst: [num_masks, batch, row]
+// Masking only copies or zeroes elements, and all-zero bits are +0.0 in every IEEE format,
+// so the kernel is dtype-agnostic: it moves elements of elem_size bytes (2, 4 or 8).
+void expand_masked_cpu(const void* src, void* dst, int64_t batch, RowLayout layout, int elem_size,
+                       MaskSpec masks);
 
 // counts[k] += #{b : argmax(logits[k * batch + b, :]) == base_labels[b]} for every mask k.
 //   logits: [num_masks * batch, classes], rows row_stride elements apart.
@@ -30,15 +47,17 @@ void label_agreement_cpu(const void* logits, DType dtype, int64_t num_masks, int
                          int64_t* counts);
 
 #ifdef FU_FAST_WITH_CUDA
-// CUDA twins: every pointer (keys and thresholds included) is device memory; the work is
-// queued on `stream` (a cudaStream_t, PyTorch's current stream) and not waited for.
+// CUDA twins (csrc/cuda/ablation_cuda.cu): every pointer, keys and thresholds included, is
+// device memory; the work is queued on `stream` (PyTorch's current cudaStream_t) and not
+// waited for.
 void permutation_ranks_cuda(uint64_t key, int64_t n, int64_t* ranks, void* stream);
-void expand_masked_cuda(const void* src, void* dst, int64_t batch, int64_t units, int64_t inner,
-                        int elem_size, MaskSpec masks, void* stream);
-// counts must hold num_masks int64 counters; they are added to, as on the CPU.
+void expand_masked_cuda(const void* src, void* dst, int64_t batch, RowLayout layout, int elem_size,
+                        MaskSpec masks, void* stream);
+// counts: num_masks int64 counters in device memory, added to as on the CPU.
 void label_agreement_cuda(const void* logits, DType dtype, int64_t num_masks, int64_t batch,
                           int64_t classes, int64_t row_stride, const int64_t* base_labels,
                           int64_t* counts, void* stream);
+#endif
 #endif
 
 }  // namespace fu_fast

@@ -39,6 +39,14 @@ void require(bool condition, const char* message) {
   if (!condition) throw std::invalid_argument(message);
 }
 
+RowLayout row_layout(int64_t batch, int64_t units, int64_t inner, int64_t channels, int64_t spatial,
+                     bool channels_last, int64_t num_masks) {
+  require(batch >= 1 && units >= 1 && inner >= 1 && num_masks >= 1, "expand_masked: sizes must be positive");
+  require(!channels_last || (channels >= 1 && spatial >= 1 && channels * spatial == units * inner),
+          "expand_masked: a channels_last row must hold channels * spatial elements");
+  return RowLayout{units, inner, channels, spatial, channels_last};
+}
+
 DType as_dtype(int code) {
   require(code >= 0 && code <= 3, "unknown dtype code");
   return static_cast<DType>(code);
@@ -88,10 +96,10 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "expand_masked",
-      [](uintptr_t src, uintptr_t dst, int64_t batch, int64_t units, int64_t inner, int elem_size,
-         uintptr_t keys, uintptr_t thresholds, int64_t num_masks) {
-        require(batch >= 1 && units >= 1 && inner >= 1 && num_masks >= 1,
-                "expand_masked: sizes must be positive");
+      [](uintptr_t src, uintptr_t dst, int64_t batch, int64_t units, int64_t inner, int64_t channels,
+         int64_t spatial, bool channels_last, int elem_size, uintptr_t keys, uintptr_t thresholds,
+         int64_t num_masks) {
+        const RowLayout layout = row_layout(batch, units, inner, channels, spatial, channels_last, num_masks);
         require(elem_size == 2 || elem_size == 4 || elem_size == 8,
                 "expand_masked: element size must be 2, 4 or 8 bytes");
         MaskSpec masks{as_pointer<const uint64_t>(keys, "keys"),
@@ -99,10 +107,12 @@ PYBIND11_MODULE(_C, m) {
         const void* in = as_pointer<const void>(src, "src");
         void* out = as_pointer<void>(dst, "dst");
         py::gil_scoped_release release;
-        expand_masked_cpu(in, out, batch, units, inner, elem_size, masks);
+        expand_masked_cpu(in, out, batch, layout, elem_size, masks);
       },
       py::arg("src"), py::arg("dst"), py::arg("batch"), py::arg("units"), py::arg("inner"),
-      py::arg("elem_size"), py::arg("keys"), py::arg("thresholds"), py::arg("num_masks"));
+      py::arg("channels"), py::arg("spatial"), py::arg("channels_last"), py::arg("elem_size"),
+      py::arg("keys"), py::arg("thresholds"), py::arg("num_masks"),
+      "num_masks masked copies of [batch, units * inner] rows (channels_last: NHWC rows).");
 
   m.def(
       "label_agreement",
@@ -142,7 +152,8 @@ PYBIND11_MODULE(_C, m) {
 
 #ifdef FU_FAST_WITH_CUDA
   // CUDA twins: the same arguments plus the stream (PyTorch's current stream, as an
-  // integer); pointers are device memory. The kernels are queued, not waited for.
+  // integer); every pointer is device memory. The kernels are queued, not waited for, so
+  // the GIL is kept: launching takes microseconds.
   m.def(
       "permutation_ranks_cuda",
       [](uint64_t key, int64_t n, uintptr_t ranks, uintptr_t stream) {
@@ -153,18 +164,18 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "expand_masked_cuda",
-      [](uintptr_t src, uintptr_t dst, int64_t batch, int64_t units, int64_t inner, int elem_size,
-         uintptr_t keys, uintptr_t thresholds, int64_t num_masks, uintptr_t stream) {
-        require(batch >= 1 && units >= 1 && inner >= 1 && num_masks >= 1,
-                "expand_masked_cuda: sizes must be positive");
+      [](uintptr_t src, uintptr_t dst, int64_t batch, int64_t units, int64_t inner, int64_t channels,
+         int64_t spatial, bool channels_last, int elem_size, uintptr_t keys, uintptr_t thresholds,
+         int64_t num_masks, uintptr_t stream) {
+        const RowLayout layout = row_layout(batch, units, inner, channels, spatial, channels_last, num_masks);
         MaskSpec masks{as_pointer<const uint64_t>(keys, "keys"),
                        as_pointer<const int64_t>(thresholds, "thresholds"), num_masks};
-        expand_masked_cuda(as_pointer<const void>(src, "src"), as_pointer<void>(dst, "dst"), batch, units,
-                           inner, elem_size, masks, reinterpret_cast<void*>(stream));
+        expand_masked_cuda(as_pointer<const void>(src, "src"), as_pointer<void>(dst, "dst"), batch, layout,
+                           elem_size, masks, reinterpret_cast<void*>(stream));
       },
       py::arg("src"), py::arg("dst"), py::arg("batch"), py::arg("units"), py::arg("inner"),
-      py::arg("elem_size"), py::arg("keys"), py::arg("thresholds"), py::arg("num_masks"),
-      py::arg("stream"));
+      py::arg("channels"), py::arg("spatial"), py::arg("channels_last"), py::arg("elem_size"),
+      py::arg("keys"), py::arg("thresholds"), py::arg("num_masks"), py::arg("stream"));
 
   m.def(
       "label_agreement_cuda",
@@ -178,5 +189,26 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("logits"), py::arg("dtype"), py::arg("num_masks"), py::arg("batch"), py::arg("classes"),
       py::arg("row_stride"), py::arg("base_labels"), py::arg("counts"), py::arg("stream"));
+
+  m.def(
+      "covariance_accumulate_cuda",
+      [](uintptr_t data, int dtype, int64_t batch, int64_t channels, int64_t spatial,
+         int64_t stride_batch, int64_t stride_channel, int64_t stride_spatial, uintptr_t rows,
+         int64_t num_rows, uintptr_t count, uintptr_t mean, uintptr_t comoment, uintptr_t workspace,
+         uintptr_t stream) {
+        require(batch >= 1 && channels >= 1 && spatial >= 1 && num_rows >= 0,
+                "covariance_accumulate_cuda: bad sizes");
+        if (num_rows == 0) return;
+        ActivationView view{as_pointer<const void>(data, "activation"), as_dtype(dtype), batch,
+                            channels, spatial, stride_batch, stride_channel, stride_spatial};
+        MomentState state{as_pointer<double>(count, "count"), as_pointer<double>(mean, "mean"),
+                          as_pointer<double>(comoment, "comoment"), channels};
+        covariance_accumulate_cuda(view, as_pointer<const int64_t>(rows, "rows"), num_rows, state,
+                                   as_pointer<double>(workspace, "workspace"), reinterpret_cast<void*>(stream));
+      },
+      py::arg("data"), py::arg("dtype"), py::arg("batch"), py::arg("channels"), py::arg("spatial"),
+      py::arg("stride_batch"), py::arg("stride_channel"), py::arg("stride_spatial"),
+      py::arg("rows"), py::arg("num_rows"), py::arg("count"), py::arg("mean"),
+      py::arg("comoment"), py::arg("workspace"), py::arg("stream"));
 #endif
 }

@@ -71,7 +71,9 @@ FU_FAST_HD int64_t permutation_rank(int64_t u, const PermutationKey& p) {
   return static_cast<int64_t>(x);
 }
 
+#if !defined(__CUDACC_RTC__)  // host entry points; NVRTC compiles device code only
 // ranks[u] = rank(u) for u in [0, n).
 void permutation_ranks_cpu(uint64_t key, int64_t n, int64_t* ranks);
+#endif
 
 }  // namespace fu_fast

@@ -1,18 +1,19 @@
-"""Dispatch of the native kernels (fu_fast._C) on torch tensors.
+"""Dispatch of the kernels on torch tensors: fu_fast._C on the CPU, and on a GPU the first
+of (1) the CUDA kernels compiled into fu_fast._C, (2) the same CUDA sources compiled at run
+time by cupy (fu_fast.cupy_kernels; a build without CUDA keeps its GPU path), (3) the pure
+PyTorch references of fu_fast.reference, run on the GPU.
 
 The extension does not link libtorch: a tensor crosses the binding as its data pointer,
-sizes and strides (and, on a GPU, PyTorch's current stream). This module is the only
-caller, so every check that keeps a pointer valid (device, dtype, contiguity, sizes)
-lives here. GPU tensors use the CUDA kernels when the build has them (masked expansion,
-label agreement, permutation ranks); otherwise, and for the covariance, whose CUDA twin
-is still to come, the pure PyTorch references (fu_fast.reference) run on the GPU.
+sizes and strides, and on a GPU with PyTorch's current stream, so kernels are queued in
+order with PyTorch's own work and nothing is copied. This module is the only caller, so
+every check that keeps a pointer valid (device, dtype, layout, sizes) lives here.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import reference
+from . import cupy_kernels, reference
 from .errors import FuFastError
 
 try:
@@ -24,6 +25,8 @@ except ImportError as exc:  # a source tree shadowing the installed package has 
         "root, run tests with `pytest` rather than `python -m pytest`, which puts the "
         "unbuilt source tree first on sys.path."
     ) from exc
+
+GPU_BACKENDS = ("native", "cupy", "torch")
 
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 
@@ -39,13 +42,28 @@ def build_info() -> dict:
 
 
 def cuda_kernels_compiled() -> bool:
-    """Whether this build holds the CUDA kernels (else GPU tensors use fu_fast.reference)."""
+    """Whether this build of fu_fast._C holds the CUDA kernels."""
     return hasattr(_C, "expand_masked_cuda")
 
 
-def _native(tensor: torch.Tensor) -> bool:
-    """Whether the native kernels take this tensor: CPU always, CUDA when compiled in."""
-    return tensor.device.type == "cpu" or (tensor.device.type == "cuda" and cuda_kernels_compiled())
+def gpu_backend() -> str:
+    """What runs the kernels on CUDA tensors: "native" (compiled into fu_fast._C), "cupy"
+    (the same .cu sources compiled at run time by cupy) or "torch" (fu_fast.reference)."""
+    if cuda_kernels_compiled():
+        return "native"
+    if cupy_kernels.available():
+        return "cupy"
+    return "torch"
+
+
+def _cuda_kernels(tensor: torch.Tensor):
+    """The object holding the CUDA entry points (fu_fast._C or the cupy module) for a tensor
+    on a GPU, or None when the kernels run as PyTorch references (CPU tensors, or a GPU
+    without compiled kernels)."""
+    if tensor.device.type != "cuda":
+        return None
+    backend = gpu_backend()
+    return _C if backend == "native" else cupy_kernels.load() if backend == "cupy" else None
 
 
 def _stream(tensor: torch.Tensor) -> int:
@@ -70,49 +88,68 @@ def signed_keys(keys) -> torch.Tensor:
 
 
 def permutation_ranks(key: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """rank_key(u) for u in 0..n-1, as an int64 tensor on ``device`` (a GPU needs the CUDA build)."""
+    """rank_key(u) for u in 0..n-1, as an int64 tensor on ``device``."""
     ranks = torch.empty(n, dtype=torch.int64, device=device)
-    if ranks.device.type == "cuda":
-        if not cuda_kernels_compiled():
-            raise FuFastError("this build of fu_fast has no CUDA kernels (see fu_fast.build_info())")
-        _C.permutation_ranks_cuda(key, n, ranks.data_ptr(), _stream(ranks))
-    else:
+    cuda = _cuda_kernels(ranks)
+    if cuda is not None:
+        cuda.permutation_ranks_cuda(key, n, ranks.data_ptr(), _stream(ranks))
+    elif ranks.device.type == "cpu":
         _C.permutation_ranks(key, n, ranks.data_ptr())
+    else:
+        ranks.copy_(torch.from_numpy(reference.permutation_ranks(key, n)))
     return ranks
+
+
+def _row_layout(x: torch.Tensor) -> tuple[torch.Tensor, int, int, bool]:
+    """(rows in memory, channels, spatial, channels_last) of a layer output: a channels_last
+    conv output is used as it lies (the kernels map NHWC elements to NCHW units); anything
+    else is made contiguous."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return x, x.shape[1], x.shape[2] * x.shape[3], True
+    src = x.contiguous()
+    channels = x.shape[1] if x.dim() > 1 else 1
+    return src, channels, max(1, x[0].numel() // max(1, channels)), False
 
 
 def expand_masked(x: torch.Tensor, keys: list[int], thresholds: list[int], inner: int) -> torch.Tensor:
     """The K masked copies of a layer output x of shape (B, ...), stacked to (K*B, ...).
 
-    Units are consecutive runs of ``inner`` elements of a row (inner = 1: every element is a
-    unit; inner = H*W: whole channels are). Copy k zeroes the units whose rank under
-    keys[k] is below thresholds[k]; no mask tensor is ever built.
+    Units are consecutive runs of ``inner`` elements of a row in NCHW order (inner = 1:
+    every element is a unit; inner = H*W: whole channels are). Copy k zeroes the units
+    whose rank under keys[k] is below thresholds[k]; no mask tensor is ever built. A
+    channels_last input gives a channels_last output with the same units ablated.
     """
     num_masks = len(keys)
     batch = x.shape[0]
-    row = x[0].numel() if batch else 0
-    units = row // inner
-    if not _native(x):
+    units = x[0].numel() // inner
+    cuda = _cuda_kernels(x)
+    if cuda is None and x.device.type != "cpu":
         return reference.expand_masked(x, keys, thresholds, inner)
     _dtype_code(x)
-    src = x.contiguous()
-    out = torch.empty((num_masks * batch,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
-    key_tensor = signed_keys(keys).to(x.device)
-    threshold_tensor = torch.tensor(thresholds, dtype=torch.int64).to(x.device)
-    args = (src.data_ptr(), out.data_ptr(), batch, units, inner, x.element_size(),
-            key_tensor.data_ptr(), threshold_tensor.data_ptr(), num_masks)
+    src, channels, spatial, channels_last = _row_layout(x)
+    out = torch.empty((num_masks * batch,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device,
+                      memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    # Keys and thresholds go to the device with the copy queued on the current stream; the
+    # pinned staging buffer lets that copy run asynchronously.
+    masks = torch.cat([signed_keys(keys), torch.tensor(thresholds, dtype=torch.int64)])
     if x.device.type == "cuda":
-        _C.expand_masked_cuda(*args, _stream(x))
+        masks = masks.pin_memory().to(x.device, non_blocking=True)
+    args = (src.data_ptr(), out.data_ptr(), batch, units, inner, channels, spatial, channels_last,
+            x.element_size(), masks.data_ptr(), masks[num_masks:].data_ptr(), num_masks)
+    if cuda is not None:
+        cuda.expand_masked_cuda(*args, _stream(x))
     else:
         _C.expand_masked(*args)
     return out
 
 
 def label_agreement(logits: torch.Tensor, base_labels: torch.Tensor, num_masks: int) -> torch.Tensor:
-    """Per mask k, how many of the B rows logits[k*B:(k+1)*B] have argmax == base_labels."""
+    """Per mask k, how many of the B rows logits[k*B:(k+1)*B] have argmax == base_labels
+    (an int64 tensor on the logits' device)."""
     if logits.dim() != 2:
         raise FuFastError(f"the model's output must be (batch, classes) logits, got shape {tuple(logits.shape)}")
-    if not _native(logits):
+    cuda = _cuda_kernels(logits)
+    if cuda is None and logits.device.type != "cpu":
         return reference.label_agreement(logits, base_labels, num_masks)
     code = _dtype_code(logits)
     if logits.stride(1) != 1:
@@ -121,8 +158,8 @@ def label_agreement(logits: torch.Tensor, base_labels: torch.Tensor, num_masks: 
     counts = torch.zeros(num_masks, dtype=torch.int64, device=logits.device)
     args = (logits.data_ptr(), code, num_masks, base.numel(), logits.shape[1], logits.stride(0),
             base.data_ptr(), counts.data_ptr())
-    if logits.device.type == "cuda":
-        _C.label_agreement_cuda(*args, _stream(logits))
+    if cuda is not None:
+        cuda.label_agreement_cuda(*args, _stream(logits))
     else:
         _C.label_agreement(*args)
     return counts
@@ -133,11 +170,16 @@ def covariance_accumulate(activation: torch.Tensor, rows: torch.Tensor, count: t
     """Merge the sampled rows of a (B, C) or (B, C, H, W) activation into running moments.
 
     rows holds flattened positions b * H*W + h * W + w of this batch. count (1,), mean (C,)
-    and comoment (C, C) are float64 tensors updated in place (Chan et al.'s merge).
+    and comoment (C, C) are float64 tensors on the activation's device, updated in place
+    (Chan et al.'s merge).
     """
     if rows.numel() == 0:
         return
-    if activation.device.type != "cpu":
+    for state in (count, mean, comoment):
+        if state.dtype != torch.float64 or not state.is_contiguous() or state.device != activation.device:
+            raise FuFastError("covariance state must be contiguous float64 tensors on the activation's device")
+    cuda = _cuda_kernels(activation)
+    if cuda is None and activation.device.type != "cpu":
         reference.covariance_accumulate(activation, rows, count, mean, comoment)
         return
     code = _dtype_code(activation)
@@ -151,10 +193,12 @@ def covariance_accumulate(activation: torch.Tensor, rows: torch.Tensor, count: t
         spatial, stride_spatial = activation.shape[2] * activation.shape[3], activation.stride(3)
     else:
         raise FuFastError(f"activations must be (B, C) or (B, C, H, W), got shape {tuple(activation.shape)}")
-    rows = rows.to(torch.int64).contiguous()
-    for state in (count, mean, comoment):
-        assert state.dtype == torch.float64 and state.is_contiguous() and state.device.type == "cpu"
-    _C.covariance_accumulate(activation.data_ptr(), code, batch, channels, spatial,
-                             activation.stride(0), activation.stride(1), stride_spatial,
-                             rows.data_ptr(), rows.numel(), count.data_ptr(), mean.data_ptr(),
-                             comoment.data_ptr())
+    rows = rows.to(device=activation.device, dtype=torch.int64).contiguous()
+    args = (activation.data_ptr(), code, batch, channels, spatial, activation.stride(0), activation.stride(1),
+            stride_spatial, rows.data_ptr(), rows.numel(), count.data_ptr(), mean.data_ptr(), comoment.data_ptr())
+    if cuda is not None:
+        # The batch's mean and co-moment: scratch from PyTorch's caching allocator.
+        workspace = torch.empty(channels + channels * channels, dtype=torch.float64, device=activation.device)
+        cuda.covariance_accumulate_cuda(*args, workspace.data_ptr(), _stream(activation))
+    else:
+        _C.covariance_accumulate(*args)

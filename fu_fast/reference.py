@@ -68,7 +68,7 @@ def expand_masked(x: torch.Tensor, keys: list[int], thresholds: list[int], inner
 def label_agreement(logits: torch.Tensor, base_labels: torch.Tensor, num_masks: int) -> torch.Tensor:
     """Per mask, the count of rows whose argmax equals the base label."""
     labels = logits.argmax(dim=1).reshape(num_masks, -1)
-    return (labels == base_labels.reshape(1, -1).to(labels.device)).sum(dim=1).cpu()
+    return (labels == base_labels.reshape(1, -1).to(labels.device)).sum(dim=1)
 
 
 def gather_rows(activation: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -87,8 +87,8 @@ def covariance_accumulate(activation: torch.Tensor, rows: torch.Tensor, count: t
     n_b = samples.shape[0]
     batch_mean = samples.mean(dim=0)
     centred = samples - batch_mean
-    batch_comoment = (centred.T @ centred).cpu()
-    batch_mean = batch_mean.cpu()
+    batch_comoment = (centred.T @ centred).to(comoment.device)
+    batch_mean = batch_mean.to(mean.device)
     n_a = float(count.item())
     n = n_a + n_b
     delta = batch_mean - mean

@@ -176,3 +176,43 @@ def test_mask_chunking_to_a_memory_budget_changes_nothing():
                               progress=lambda done, total: seen.append((done, total)))
     assert all(whole.layers[n].curves == chunked.layers[n].curves for n in whole.layers)
     assert seen == [(20, 40), (40, 40)]
+
+
+def test_channels_last_gives_the_same_result(generator):
+    model = small_cnn()
+    x = torch.randn(30, 3, 8, 8, generator=generator, dtype=torch.float64)
+    for unit in ("position", "channel"):
+        plain = fu_fast.analyze(model, x, unit=unit, repeats=2, batch_size=11)
+        nhwc = fu_fast.analyze(model, x, unit=unit, repeats=2, batch_size=11, channels_last=True)
+        for name in ("1", "3"):
+            assert nhwc.layers[name].curves == plain.layers[name].curves
+            assert nhwc.layers[name].redundant_units == plain.layers[name].redundant_units
+            assert nhwc.layers[name].mean_abs_r == pytest.approx(plain.layers[name].mean_abs_r, rel=1e-12)
+
+
+def test_precision_is_recorded_and_bf16_runs_in_bfloat16_with_close_curves(generator):
+    model = small_cnn(dtype=torch.float32)
+    x = torch.randn(64, 3, 8, 8, generator=generator)
+    seen = []
+    model[1].register_forward_hook(lambda _m, _i, output: seen.append(output.dtype))
+    fp32 = fu_fast.analyze(model, x, repeats=2)
+    tf32 = fu_fast.analyze(model, x, repeats=2, precision="tf32")     # no TF32 on the CPU: fp32 exactly
+    assert set(seen) == {torch.float32}
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    bf16 = fu_fast.analyze(model, x, repeats=2, precision="bf16")
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+    assert torch.bfloat16 in seen
+    assert [r.settings["precision"] for r in (fp32, tf32, bf16)] == ["fp32", "tf32", "bf16"]
+    assert tf32.layers["3"].curves == fp32.layers["3"].curves
+    for name in ("1", "3"):
+        a, b = np.array(fp32.layers[name].curves), np.array(bf16.layers[name].curves)
+        assert (b[:, 0] == 1.0).all()
+        # bf16 keeps 8 bits of mantissa: a few labels flip, the curves stay close.
+        assert np.abs(a - b).max() < 0.15
+
+
+def test_precision_errors():
+    with pytest.raises(fu_fast.FuFastError, match="precision must be one of"):
+        fu_fast.analyze(mlp(4, 6, 3, dtype=torch.float32), torch.randn(8, 4), precision="fp8")
+    with pytest.raises(fu_fast.FuFastError, match="needs a float32 model"):
+        fu_fast.analyze(mlp(4, 6, 3), torch.randn(8, 4, dtype=torch.float64), precision="bf16")

@@ -72,6 +72,20 @@ def test_expand_masked_matches_reference(dtype, shape, unit, generator):
     assert not torch.signbit(out[ablated]).any()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape,unit", [((3, 5, 4, 7), "position"), ((2, 7, 3, 3), "channel"),
+                                        ((1, 1, 2, 2), "position"), ((9, 33, 31, 29), "position")])
+def test_expand_masked_keeps_channels_last_and_ablates_the_same_units(dtype, shape, unit, generator):
+    x = torch.randn(shape, generator=generator).to(dtype).to(memory_format=torch.channels_last)
+    inner = shape[2] * shape[3] if unit == "channel" else 1
+    units = x[0].numel() // inner
+    keys, thresholds = random_keys(4, seed=units), [1, units // 2, units - 1, units // 3]
+    out = kernels.expand_masked(x, keys, thresholds, inner)
+    if shape[1] > 1:     # a (B, 1, H, W) or (B, C, 1, 1) tensor is both layouts at once
+        assert not out.is_contiguous() and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, reference.expand_masked(x.contiguous(), keys, thresholds, inner))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("masks_,batch,classes", [(1, 1, 1), (3, 1, 10), (4, 7, 3), (2, 33, 1000)])
 def test_label_agreement_matches_argmax_reference(dtype, masks_, batch, classes, generator):
@@ -145,4 +159,6 @@ def test_bindings_refuse_null_pointers_and_bad_sizes():
     with pytest.raises(ValueError, match="n must be"):
         _C.permutation_ranks(1, 0, 8)
     with pytest.raises(ValueError, match="element size"):
-        _C.expand_masked(8, 8, 1, 1, 1, 3, 8, 8, 1)
+        _C.expand_masked(8, 8, 1, 1, 1, 1, 1, False, 3, 8, 8, 1)
+    with pytest.raises(ValueError, match="channels \\* spatial"):
+        _C.expand_masked(8, 8, 1, 12, 1, 5, 2, True, 4, 8, 8, 1)

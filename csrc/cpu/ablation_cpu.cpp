@@ -1,4 +1,5 @@
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "../ablation.h"
@@ -11,12 +12,19 @@ namespace {
 // type moves the bytes, which keeps the loop branch-free and vectorisable.
 template <typename Word>
 void mask_row(const Word* src, Word* dst, const int64_t* ranks, int64_t threshold,
-              int64_t units, int64_t inner) {
-  if (inner == 1) {
-    for (int64_t u = 0; u < units; ++u) dst[u] = (ranks[u] < threshold) ? Word{0} : src[u];
+              const RowLayout& layout) {
+  if (layout.channels_last) {
+    const int64_t row = layout.units * layout.inner;
+    for (int64_t e = 0; e < row; ++e)
+      dst[e] = (ranks[unit_of_element(e, layout)] < threshold) ? Word{0} : src[e];
     return;
   }
-  for (int64_t u = 0; u < units; ++u) {
+  const int64_t inner = layout.inner;
+  if (inner == 1) {
+    for (int64_t u = 0; u < layout.units; ++u) dst[u] = (ranks[u] < threshold) ? Word{0} : src[u];
+    return;
+  }
+  for (int64_t u = 0; u < layout.units; ++u) {
     Word* out = dst + u * inner;
     if (ranks[u] < threshold) {
       std::memset(out, 0, sizeof(Word) * inner);
@@ -27,9 +35,9 @@ void mask_row(const Word* src, Word* dst, const int64_t* ranks, int64_t threshol
 }
 
 template <typename Word>
-void expand_masked_typed(const Word* src, Word* dst, int64_t batch, int64_t units, int64_t inner,
+void expand_masked_typed(const Word* src, Word* dst, int64_t batch, const RowLayout& layout,
                          MaskSpec masks) {
-  const int64_t row = units * inner;
+  const int64_t units = layout.units, row = units * layout.inner;
   std::vector<int64_t> ranks(units);
   // Masks come grouped by key (a chunk holds several levels of one repeat): ranks are
   // computed once per group, then one parallel region copies every (mask, row) pair of
@@ -54,7 +62,7 @@ void expand_masked_typed(const Word* src, Word* dst, int64_t batch, int64_t unit
       } else if (threshold >= units) {
         std::memset(out, 0, sizeof(Word) * row);
       } else {
-        mask_row(in, out, ranks.data(), threshold, units, inner);
+        mask_row(in, out, ranks.data(), threshold, layout);
       }
     }
     first = last;
@@ -78,20 +86,20 @@ int64_t argmax_row(const void* row, int64_t classes, DType dtype) {
 
 }  // namespace
 
-void expand_masked_cpu(const void* src, void* dst, int64_t batch, int64_t units, int64_t inner,
-                       int elem_size, MaskSpec masks) {
+void expand_masked_cpu(const void* src, void* dst, int64_t batch, RowLayout layout, int elem_size,
+                       MaskSpec masks) {
   switch (elem_size) {
     case 2:
       expand_masked_typed(static_cast<const uint16_t*>(src), static_cast<uint16_t*>(dst), batch,
-                          units, inner, masks);
+                          layout, masks);
       break;
     case 4:
       expand_masked_typed(static_cast<const uint32_t*>(src), static_cast<uint32_t*>(dst), batch,
-                          units, inner, masks);
+                          layout, masks);
       break;
     default:
       expand_masked_typed(static_cast<const uint64_t*>(src), static_cast<uint64_t*>(dst), batch,
-                          units, inner, masks);
+                          layout, masks);
       break;
   }
 }

@@ -4,7 +4,7 @@ For a conv layer, every (example, h, w) position is a sample of the C channel un
 At most ``sample_cap`` positions are drawn uniformly without replacement over the whole
 evaluation set before the pass; each batch then contributes the drawn positions that
 fall inside it. The activation matrix is never held: each batch is merged into float64
-running moments (count, mean, centred co-moment) and dropped.
+running moments (count, mean, centred co-moment), kept on the analysis device, and dropped.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from .. import kernels
 class PositionSample:
     """The positions (global flattened index example * spatial + s) sampled for one layer."""
 
-    def __init__(self, examples: int, spatial: int, cap: int | None, seed: int):
+    def __init__(self, examples: int, spatial: int, cap: int | None, seed: int,
+                 device: torch.device | str = "cpu"):
         total = examples * spatial
         if cap is None or cap >= total:
             self.positions = np.arange(total, dtype=np.int64)
@@ -26,6 +27,9 @@ class PositionSample:
             rng = np.random.default_rng(seed)
             self.positions = np.sort(rng.choice(total, size=cap, replace=False).astype(np.int64))
         self.spatial = spatial
+        # The sample lives where the activations are: a batch's rows are then a slice of it,
+        # found on the host (searchsorted) and cut on the device without a transfer.
+        self._on_device = torch.from_numpy(self.positions).to(device)
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -35,16 +39,16 @@ class PositionSample:
         start = first_example * self.spatial
         stop = (first_example + batch) * self.spatial
         lo, hi = np.searchsorted(self.positions, [start, stop])
-        return torch.from_numpy(self.positions[lo:hi] - start)
+        return self._on_device[lo:hi] - start
 
 
 class CovarianceAccumulator:
     """float64 running moments of C units, merged batch by batch (Chan et al.)."""
 
-    def __init__(self, channels: int):
-        self.count = torch.zeros(1, dtype=torch.float64)
-        self.mean = torch.zeros(channels, dtype=torch.float64)
-        self.comoment = torch.zeros(channels, channels, dtype=torch.float64)
+    def __init__(self, channels: int, device: torch.device | str = "cpu"):
+        self.count = torch.zeros(1, dtype=torch.float64, device=device)
+        self.mean = torch.zeros(channels, dtype=torch.float64, device=device)
+        self.comoment = torch.zeros(channels, channels, dtype=torch.float64, device=device)
 
     @property
     def samples(self) -> int:
@@ -77,4 +81,4 @@ class CovarianceAccumulator:
         n = self.samples
         if n < 2:
             return np.zeros(tuple(self.comoment.shape))
-        return (self.comoment / (n - 1)).numpy()
+        return (self.comoment / (n - 1)).cpu().numpy()

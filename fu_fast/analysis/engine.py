@@ -12,8 +12,9 @@ covariances become components, redundant units and |r| quantiles.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -28,13 +29,15 @@ from .inputs import Batches
 from .result import AnalysisResult, LayerResult
 
 UNITS = ("position", "channel")
+PRECISIONS = ("fp32", "tf32", "bf16")
 DEFAULT_CPU_BUDGET = 1 << 30   # bytes for one chunk of masked passes on the CPU
-_PRECISIONS = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16"}
+_DTYPE_NAMES = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tolerance: float = 0.2,
             pca_tolerance: float = 0.05, repeats: int = 3, levels=21, sample_cap: int = 50_000,
             unit: str = "position", seed: int = 0, device=None, batch_size: int | None = None,
+            precision: str | None = None, channels_last: bool = False,
             memory_budget: int | None = None, model_info: dict | None = None,
             data_info: dict | None = None, trial: int | None = None,
             progress: Callable[[int, int], None] | None = None, distributed: bool | None = None) -> AnalysisResult:
@@ -55,6 +58,12 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
         seed: determines the masks and the position sample; nothing else is random.
         device: where to run (default: where the model's parameters are).
         batch_size: rows per batch for tensors and Datasets; results do not depend on it.
+        precision: "fp32" (true float32: TF32 off for matrix products and convolutions),
+            "tf32" (TF32 tensor cores on a GPU; no effect on the CPU) or "bf16" (autocast to
+            bfloat16). Base labels and ablated passes always share it. Default: the model's
+            dtype (fp32, or fp64 for a float64 model, which takes no other precision).
+        channels_last: run conv layers on NHWC memory (faster on tensor-core GPUs); the
+            inputs are converted, the masks and results are the same.
         memory_budget: bytes one chunk of masked passes may use (default 1 GiB on the CPU,
             half the free memory on a GPU).
         model_info, data_info, trial: recorded in the result document as given (default: the
@@ -73,6 +82,7 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
         raise FuFastError(str(e)) from None
     device = torch.device(device) if device is not None else _model_device(model)
     dtype = _model_dtype(model)
+    precision = _check_precision(precision, dtype)
     _check_parameters(model)
     batches = Batches(data, batch_size)
     group = _process_group(distributed)
@@ -83,19 +93,20 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
     was_training = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), _numerics(device, precision):
             layer_records, counts, correct = _one_pass(
                 model, batches, layers, grid, repeats, sample_cap, unit, seed, device, dtype,
-                memory_budget, progress)
+                channels_last, memory_budget, progress)
             if group is not None:
-                correct = _combine(layer_records, counts, correct, device)
+                _combine(layer_records, counts, correct, device)
     finally:
         for module, training in was_training.items():
             module.train(training)
 
     results = {}
+    correct = int(correct)
     for layer, plan, sample, accumulator in layer_records:
-        curves = plan.curves(counts[layer.name], batches.examples)
+        curves = plan.curves(counts[layer.name].cpu().numpy(), batches.examples)
         covariance = accumulator.covariance()
         red = pca.redundancy(covariance, pca_tolerance)
         corr = pca.correlation(covariance)
@@ -120,7 +131,7 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
                 "split": dinfo.pop("split", "given"), "options": dinfo.pop("options", {})}
     settings = {"tolerance": tolerance, "pca_tolerance": pca_tolerance, "repeats": repeats,
                 "levels": grid, "sample_cap": sample_cap, "unit": unit, "seed": seed,
-                "precision": _PRECISIONS.get(dtype, str(dtype)), "device": str(device)}
+                "precision": precision, "device": str(device)}
     return AnalysisResult(
         model=model_doc, data=data_doc, settings=settings, layers=results, trial=trial,
         timing={"seconds": time.perf_counter() - started, "passes_over_data": batches.passes},
@@ -128,8 +139,8 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
 
 
 def _one_pass(model, batches, layer_names, grid, repeats, sample_cap, unit, seed, device, dtype,
-              memory_budget, progress):
-    probe = _prepare(batches.first(), device, dtype)
+              channels_last, memory_budget, progress):
+    probe = _prepare(batches.first(), device, dtype, channels_last)
     if isinstance(layer_names, str):
         layer_names = [layer_names]
     try:
@@ -143,18 +154,23 @@ def _one_pass(model, batches, layer_names, grid, repeats, sample_cap, unit, seed
     for layer in analysed:
         plan = masks.MaskPlan.build(layer.name, layer.ablation_units, grid, repeats, seed)
         cap = sample_cap if layer.kind == "conv" else None
-        sample = PositionSample(batches.examples, layer.spatial, cap, masks.sampling_seed(seed, layer.name))
-        records.append((layer, plan, sample, CovarianceAccumulator(layer.units)))
-    counts = {layer.name: np.zeros(plan.num_masks, dtype=np.int64) for layer, plan, _, _ in records}
+        sample = PositionSample(batches.examples, layer.spatial, cap, masks.sampling_seed(seed, layer.name), device)
+        records.append((layer, plan, sample, CovarianceAccumulator(layer.units, device)))
+    # Everything accumulated per batch stays on the device: the loop never waits for the GPU,
+    # so data loading, copies and kernels overlap. Non-finite values are flagged on the device
+    # too and reported once the pass is over.
+    counts = {layer.name: torch.zeros(plan.num_masks, dtype=torch.int64, device=device)
+              for layer, plan, _, _ in records}
+    finite = {name: torch.ones((), dtype=torch.bool, device=device) for name in [*counts, _OUTPUT]}
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     budget = memory_budget or _default_budget(device)
 
-    first, correct = batches.offset, 0   # global index of the batch's first example
-    for inputs, labels in batches:
-        x = _prepare(inputs, device, dtype)
+    first = batches.offset   # global index of the batch's first example
+    for x, labels in _device_batches(batches, device, dtype, channels_last):
         rows = x.shape[0]
-        base = _base_forward(model, x, records, first)
+        base = _base_forward(model, x, records, first, finite)
         if labels is not None:
-            correct += int((base == labels.to(base.device)).sum())
+            correct += (base == labels).sum()
         for layer, plan, _, _ in records:
             chunk = max(1, min(plan.num_masks, budget // max(1, rows * layer.suffix_bytes_per_row)))
             for start in range(0, plan.num_masks, chunk):
@@ -167,11 +183,70 @@ def _one_pass(model, batches, layer_names, grid, repeats, sample_cap, unit, seed
                 except RuntimeError as e:
                     raise FuFastError(f"the masked pass at layer '{layer.name}' failed ({e}); the part of the "
                                       "model after it must accept a batch of any size") from None
-                counts[layer.name][start:start + len(keys)] += agreed.numpy()
+                counts[layer.name][start:start + len(keys)] += agreed
         first += rows
         if progress is not None:
             progress(first - batches.offset, batches.stop - batches.offset)
+    for name, ok in finite.items():
+        if not bool(ok):
+            raise FuFastError("the model's output contains NaN or infinite values" if name == _OUTPUT
+                              else f"layer '{name}' produced NaN or infinite activations")
     return records, counts, correct
+
+
+_OUTPUT = object()   # the key of the model output's finiteness flag
+
+
+def _device_batches(batches, device: torch.device, dtype, channels_last: bool
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The batches on the device, ready for the model. On a GPU, batch i+1 is copied from
+    pinned memory on a side stream while batch i is computed."""
+    if device.type != "cuda":
+        for inputs, labels in batches:
+            yield _prepare(inputs, device, dtype, channels_last), None if labels is None else labels.to(device)
+        return
+    compute, copy = torch.cuda.current_stream(device), torch.cuda.Stream(device)
+
+    def stage(inputs, labels):
+        with torch.cuda.stream(copy):
+            x = inputs.pin_memory().to(device, non_blocking=True)
+            y = None if labels is None else labels.pin_memory().to(device, non_blocking=True)
+        return x, y, copy.record_event()
+
+    pending = None
+    for inputs, labels in batches:
+        staged = stage(inputs, labels)
+        if pending is not None:
+            yield _ready(*pending, compute, dtype, channels_last)
+        pending = staged
+    if pending is not None:
+        yield _ready(*pending, compute, dtype, channels_last)
+
+
+def _ready(x, labels, copied, compute, dtype, channels_last):
+    compute.wait_event(copied)
+    # The copies were allocated on the side stream: tell the caching allocator they are used
+    # on the compute stream too, so their memory is not reused too early.
+    for tensor in (x, labels):
+        if tensor is not None:
+            tensor.record_stream(compute)
+    return _prepare(x, x.device, dtype, channels_last), labels
+
+
+@contextlib.contextmanager
+def _numerics(device: torch.device, precision: str):
+    """The numeric precision of every forward pass: TF32 switches, or autocast to bfloat16."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    # PyTorch lets cuDNN convolutions use TF32 by default; "fp32" means float32 throughout.
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    try:
+        if precision == "bf16":
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                yield
+        else:
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 def _process_group(distributed: bool | None):
@@ -183,18 +258,17 @@ def _process_group(distributed: bool | None):
     return dist.group.WORLD if (running if distributed is None else distributed) else None
 
 
-def _combine(records, counts: dict, correct: int, device: torch.device) -> int:
-    """Sum the agreement counts and correct labels over processes; merge the covariances in
-    rank order, so every process ends with the same moments."""
+def _combine(records, counts: dict, correct: torch.Tensor, device: torch.device) -> None:
+    """Sum the agreement counts and correct labels over processes (in place); merge the
+    covariances in rank order, so every process ends with the same moments."""
     # NCCL communicates GPU tensors; gloo, CPU ones.
     comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
     names = list(counts)
-    flat = torch.from_numpy(np.concatenate([counts[n] for n in names] + [np.array([correct])])).to(comm)
+    flat = torch.cat([counts[n] for n in names] + [correct.reshape(1)]).to(comm)
     dist.all_reduce(flat)
-    flat, start = flat.cpu().numpy(), 0
-    for name in names:
-        counts[name][:] = flat[start:start + len(counts[name])]
-        start += len(counts[name])
+    for name, summed in zip(names, flat[:-1].split([len(counts[n]) for n in names])):
+        counts[name].copy_(summed)
+    correct.copy_(flat[-1])
     for _, _, _, accumulator in records:
         state = accumulator.state().to(comm)
         gathered = [torch.empty_like(state) for _ in range(dist.get_world_size())]
@@ -203,16 +277,14 @@ def _combine(records, counts: dict, correct: int, device: torch.device) -> int:
         for other in gathered:
             merged.merge_state(other.cpu())
         accumulator.count, accumulator.mean, accumulator.comoment = merged.count, merged.mean, merged.comoment
-    return int(flat[-1])
 
 
-def _base_forward(model, x, records, first_example):
+def _base_forward(model, x, records, first_example, finite):
     """The unmasked forward: base labels, and every layer's sample merged into its covariance."""
     handles = []
     for layer, _, sample, accumulator in records:
         def feed(_module, _inputs, output, layer=layer, sample=sample, accumulator=accumulator):
-            if not bool(torch.isfinite(output).all()):
-                raise FuFastError(f"layer '{layer.name}' produced NaN or infinite activations")
+            finite[layer.name] &= torch.isfinite(output).all()
             accumulator.update(output, sample.rows_in_batch(first_example, output.shape[0]))
         handles.append(layer.module.register_forward_hook(feed))
     try:
@@ -220,14 +292,17 @@ def _base_forward(model, x, records, first_example):
     finally:
         for handle in handles:
             handle.remove()
-    if not bool(torch.isfinite(logits).all()):
-        raise FuFastError("the model's output contains NaN or infinite values")
+    finite[_OUTPUT] &= torch.isfinite(logits).all()
     return logits.argmax(dim=1)
 
 
-def _prepare(inputs: torch.Tensor, device, dtype) -> torch.Tensor:
+def _prepare(inputs: torch.Tensor, device, dtype, channels_last: bool = False) -> torch.Tensor:
     x = inputs.to(device, non_blocking=True)
-    return x.to(dtype) if x.is_floating_point() else x
+    if x.is_floating_point():
+        x = x.to(dtype)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -260,6 +335,17 @@ def _check_settings(tolerance, pca_tolerance, repeats, sample_cap, unit) -> None
         raise FuFastError(f"sample_cap must be at least 2, got {sample_cap}")
     if unit not in UNITS:
         raise FuFastError(f"unit must be one of {', '.join(UNITS)}, got '{unit}'")
+
+
+def _check_precision(precision: str | None, dtype: torch.dtype) -> str:
+    name = _DTYPE_NAMES.get(dtype, str(dtype))
+    if precision is None:
+        return name
+    if precision not in PRECISIONS:
+        raise FuFastError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+    if dtype != torch.float32:
+        raise FuFastError(f"precision '{precision}' needs a float32 model; this one is {name}")
+    return precision
 
 
 def _default_budget(device: torch.device) -> int:

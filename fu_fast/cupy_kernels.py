@@ -1,0 +1,130 @@
+"""The CUDA kernels for a build of fu_fast._C without CUDA: the same sources
+(csrc/cuda/*.cu, shipped in the wheel under fu_fast/csrc) compiled at run time by NVRTC
+through cupy's RawModule, so a CPU-built wheel still has the GPU path where cupy and a GPU
+are present.
+
+The entry points have the names and arguments of fu_fast._C's CUDA twins, so
+fu_fast.kernels calls either the same way; the launch geometry mirrors the host launchers
+of the .cu files (which NVRTC does not compile). Pointers travel as 64-bit integers, as
+they do through the pybind11 binding.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+
+THREADS = 256
+_TILE = 32          # kCovTile of covariance_cuda.cu
+
+
+def source_dir() -> Path:
+    """csrc/ as installed in the wheel (fu_fast/csrc) or, in a source checkout, the repository's."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "csrc", package.parent / "csrc"):
+        if (candidate / "cuda" / "ablation_cuda.cu").is_file():
+            return candidate
+    raise FileNotFoundError("fu_fast's CUDA sources (csrc/cuda/*.cu) are not installed beside the package")
+
+
+def compile_options(arch: str | None = None) -> tuple[str, ...]:
+    """NVRTC options for the .cu sources (include paths to csrc/ and csrc/cuda/)."""
+    root = source_dir()
+    options = ("--std=c++17", f"-I{root / 'cuda'}", f"-I{root}")
+    return options + ((f"--gpu-architecture={arch}",) if arch else ())
+
+
+def available() -> bool:
+    """Whether cupy is installed, a GPU is usable, and the CUDA sources are at hand."""
+    if importlib.util.find_spec("cupy") is None or not torch.cuda.is_available():
+        return False
+    try:
+        source_dir()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def load() -> "CupyKernels":
+    """The compiled kernels (compiled once per process; cupy also caches them on disk)."""
+    return CupyKernels()
+
+
+def _blocks(work: int) -> int:
+    return max(1, min((work + THREADS - 1) // THREADS, 65535 * 8))
+
+
+def _ptr(address: int) -> np.uint64:
+    return np.uint64(address)
+
+
+class CupyKernels:
+    def __init__(self):
+        import cupy
+
+        self._cupy = cupy
+        root, options = source_dir(), compile_options()
+        ablation = cupy.RawModule(code=(root / "cuda" / "ablation_cuda.cu").read_text(), options=options)
+        covariance = cupy.RawModule(code=(root / "cuda" / "covariance_cuda.cu").read_text(), options=options)
+        self._ranks = ablation.get_function("fu_permutation_ranks")
+        self._expand_vec16 = ablation.get_function("fu_expand_masked_vec16")
+        self._expand_scalar = ablation.get_function("fu_expand_masked_scalar")
+        self._agreement = ablation.get_function("fu_label_agreement")
+        self._batch_mean = covariance.get_function("fu_covariance_batch_mean")
+        self._cross = covariance.get_function("fu_covariance_cross")
+        self._merge_comoment = covariance.get_function("fu_covariance_merge_comoment")
+        self._merge_mean = covariance.get_function("fu_covariance_merge_mean")
+
+    def _launch(self, kernel, grid, args, stream: int) -> None:
+        # PyTorch's current stream, so the kernel is ordered with PyTorch's own work.
+        with self._cupy.cuda.ExternalStream(stream):
+            kernel(grid, (THREADS,), args)
+
+    def permutation_ranks_cuda(self, key, n, ranks, stream):
+        self._launch(self._ranks, (_blocks(n),), (np.uint64(key), np.int64(n), _ptr(ranks)), stream)
+
+    def expand_masked_cuda(self, src, dst, batch, units, inner, channels, spatial, channels_last, elem_size,
+                           keys, thresholds, num_masks, stream):
+        if num_masks > 65535:
+            raise ValueError("expand_masked_cuda: at most 65535 masks per call")
+        row_bytes = units * inner * elem_size
+        aligned = row_bytes % 16 == 0 and src % 16 == 0 and dst % 16 == 0
+        kernel = self._expand_vec16 if aligned else self._expand_scalar
+        work = row_bytes // 16 if aligned else units * inner
+        args = (_ptr(src), _ptr(dst), np.int64(batch), np.int64(units), np.int64(inner), np.int64(channels),
+                np.int64(spatial), np.int32(bool(channels_last)), np.int32(elem_size), _ptr(keys), _ptr(thresholds))
+        self._launch(kernel, (_blocks(work), num_masks), args, stream)
+
+    def label_agreement_cuda(self, logits, dtype, num_masks, batch, classes, row_stride, base_labels, counts,
+                             stream):
+        args = (_ptr(logits), np.int32(dtype), np.int64(num_masks), np.int64(batch), np.int64(classes),
+                np.int64(row_stride), _ptr(base_labels), _ptr(counts))
+        self._launch(self._agreement, (_blocks(num_masks * batch * 32),), args, stream)
+
+    def covariance_accumulate_cuda(self, data, dtype, batch, channels, spatial, stride_batch, stride_channel,
+                                   stride_spatial, rows, num_rows, count, mean, comoment, workspace, stream):
+        if num_rows == 0:
+            return
+        view = (_ptr(data), np.int32(dtype), np.int64(channels), np.int64(spatial), np.int64(stride_batch),
+                np.int64(stride_channel), np.int64(stride_spatial), _ptr(rows), np.int64(num_rows))
+        batch_mean, batch_comoment = workspace, workspace + 8 * channels
+        with self._cupy.cuda.ExternalStream(stream):
+            self._cupy.cuda.runtime.memsetAsync(batch_comoment, 0, 8 * channels * channels, stream)
+        self._launch(self._batch_mean, (_blocks(channels * THREADS),), view + (_ptr(batch_mean),), stream)
+        # Row slices as in covariance_accumulate_cuda: about a thousand blocks, >= 256 rows each.
+        tiles = (channels + _TILE - 1) // _TILE
+        slices = min(-(-1024 // (tiles * (tiles + 1) // 2)), -(-num_rows // 256), 65535)
+        per_slice = -(-num_rows // slices)
+        self._launch(self._cross, (tiles, tiles, -(-num_rows // per_slice)),
+                     view + (np.int64(per_slice), _ptr(batch_mean), _ptr(batch_comoment)), stream)
+        n_b = np.float64(num_rows)
+        self._launch(self._merge_comoment, (_blocks(channels * channels),),
+                     (_ptr(count), _ptr(mean), _ptr(comoment), _ptr(batch_mean), _ptr(batch_comoment),
+                      np.int64(channels), n_b), stream)
+        self._launch(self._merge_mean, (1,), (_ptr(count), _ptr(mean), _ptr(batch_mean), np.int64(channels), n_b),
+                     stream)
