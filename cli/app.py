@@ -30,6 +30,12 @@ class Unit(str, Enum):
     channel = "channel"
 
 
+class Precision(str, Enum):
+    fp32 = "fp32"
+    tf32 = "tf32"
+    bf16 = "bf16"
+
+
 def user_errors(command):
     """Run a command; a FuFastError becomes `error: ...` on stderr and exit code 2."""
     @functools.wraps(command)
@@ -136,6 +142,10 @@ def analyze(
     device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N [default: cuda if usable; under torchrun, "
                                                     "the local rank's GPU]"),
     batch_size: Optional[int] = typer.Option(None, help="rows per batch (results do not depend on it)"),
+    precision: Optional[Precision] = typer.Option(None, help="fp32 (TF32 off), tf32 (GPU tensor cores) or bf16 "
+                                                               "(autocast) [default: fp32]"),
+    channels_last: bool = typer.Option(False, "--channels-last", help="NHWC memory for conv layers (faster on GPUs)"),
+    workers: Optional[int] = typer.Option(None, help="data-loading processes [default: 8 on a GPU, 0 on the CPU]"),
     result_file: Optional[Path] = typer.Option(None, "--out", help="write the JSON result document here"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no table, no progress"),
 ) -> None:
@@ -167,12 +177,21 @@ def analyze(
                                     random_labels=random_labels, image_size=image_size, limit=limit)
     # Under torchrun every process analyses a shard of the data (fu_fast.analyze combines them).
     ctx, target = setup(device)
+    if workers is not None and workers < 0:
+        raise FuFastError(f"--workers must be 0 or more, got {workers}")
+    on_gpu = target.type == "cuda"
+    # Decoding images is the bottleneck of a GPU analysis: worker processes and pinned batches
+    # let it overlap with the passes (the engine copies batch i+1 while computing batch i).
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or 128, shuffle=False,
+                                         num_workers=(8 if on_gpu else 0) if workers is None else workers,
+                                         pin_memory=on_gpu)
     try:
         with _progress(quiet or not ctx.main, len(dataset), "analyse") as report:
-            result = fu_fast.analyze(net.to(target), dataset, layers=layers or None, tolerance=tolerance,
+            result = fu_fast.analyze(net.to(target), loader, layers=layers or None, tolerance=tolerance,
                                      pca_tolerance=pca_tolerance, repeats=repeats, levels=levels,
                                      sample_cap=sample_cap, unit=unit.value, seed=seed, device=target,
-                                     batch_size=batch_size, progress=report)
+                                     precision=precision.value if precision else None,
+                                     channels_last=channels_last, progress=report)
     finally:
         teardown(ctx)
     if not ctx.main:
@@ -299,6 +318,10 @@ class _progress:
             if error_type is not None:   # the error line alone, no half-filled bar above it
                 self.bar.remove_task(self.task)
             self.bar.__exit__(error_type, *exc)
+
+
+# Commands defined in their own modules register themselves on `app` when imported.
+from . import compress_command, visualize_command  # noqa: E402,F401
 
 
 def main() -> None:

@@ -60,6 +60,19 @@ def test_analyze_an_untrained_conv_model_on_cifar(tmp_path):
     assert document["data"]["examples"] == 6
     assert [layer["kind"] for layer in document["layers"]] == ["conv", "conv", "linear", "linear"]
     assert result.stdout == ""
+    # The same analysis on NHWC memory gives the same document; bf16 is recorded as such.
+    nhwc = tmp_path / "nhwc.json"
+    assert invoke("analyze", "--model", "alexnet", "--width", "0.125", "--data", "cifar10", "--data-dir",
+                  tmp_path / "cifar", "--limit", "6", "--levels", "5", "--repeats", "1", "--channels-last",
+                  "--workers", "1", "--out", nhwc, "-q").exit_code == 0
+    nhwc_document = json.loads(nhwc.read_text())
+    assert [layer["prunability"] for layer in nhwc_document["layers"]] == \
+        [layer["prunability"] for layer in document["layers"]]
+    bf16 = tmp_path / "bf16.json"
+    assert invoke("analyze", "--model", "alexnet", "--width", "0.125", "--data", "cifar10", "--data-dir",
+                  tmp_path / "cifar", "--limit", "6", "--levels", "5", "--repeats", "1", "--precision", "bf16",
+                  "--out", bf16, "-q").exit_code == 0
+    assert json.loads(bf16.read_text())["settings"]["precision"] == "bf16"
 
 
 @pytest.mark.parametrize("args, fragments", [
@@ -69,6 +82,7 @@ def test_analyze_an_untrained_conv_model_on_cifar(tmp_path):
     (["analyze", "--model", "mlp", "--layers", "fc9"], ["fc9"]),
     (["analyze", "--checkpoint", "{tmp}/missing.pt"], ["does not exist"]),
     (["analyze", "--model", "mlp", "--limit", "0"], ["limit must"]),
+    (["analyze", "--model", "mlp", "--workers", "-2"], ["--workers"]),
     (["train", "--model", "mlp", "--out", "{tmp}/r", "--lr", "-1"], ["learning rate"]),
     (["train", "--model", "alexnet", "--out", "{tmp}/r", "--data-dir", "{tmp}/none"], ["cifar-10-batches-py"]),
 ])
