@@ -13,3 +13,19 @@ def test_quick_benchmark_agrees_with_the_engine(tmp_path):
         for check in ("agreement_fp32", "agreement_fp64"):
             assert case[check]["points"] > 0 and case[check]["mismatches"] == 0
         assert case["ratio"] > 0 and case["masks_per_layer_naive"] == 63
+
+
+def test_gpu_benchmark_code_path_runs_on_the_cpu(tmp_path):
+    """bench_gpu on the CPU at quick sizes: every case runs, floors are positive, and the naive
+    path reproduces fu-fast's curves on its subset."""
+    from fu_fast.benchmarks import bench_gpu
+
+    doc = bench_gpu.main(["--device", "cpu", "--quick", "--json", str(tmp_path / "gpu.json")])
+    assert (tmp_path / "gpu.json").stat().st_size > 0
+    assert [k["kernel"] for k in doc["kernels"]] == ["expand_masked (K=21)", "label_agreement",
+                                                     "covariance_accumulate"]
+    assert all(k["floor_s"] > 0 and k["measured_over_floor"] > 0 for k in doc["kernels"])
+    (case,) = doc["resnet18"]
+    assert case["curve_points"] == 8 * 63 and case["curve_mismatches"] == 0
+    assert case["flops"] > case["suffix_flops"] > 0 and case["measured_over_floor"] > 0
+    assert set(case["prunable_fraction"]) == {f"layer{s}.{b}" for s in range(1, 5) for b in range(2)}
