@@ -81,6 +81,8 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
     except ValueError as e:
         raise FuFastError(str(e)) from None
     device = torch.device(device) if device is not None else _model_device(model)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     dtype = _model_dtype(model)
     precision = _check_precision(precision, dtype)
     _check_parameters(model)
@@ -207,10 +209,14 @@ def _device_batches(batches, device: torch.device, dtype, channels_last: bool
         return
     compute, copy = torch.cuda.current_stream(device), torch.cuda.Stream(device)
 
+    def upload(tensor):
+        if tensor is None or tensor.device == device:
+            return tensor
+        return (tensor if tensor.is_pinned() else tensor.pin_memory()).to(device, non_blocking=True)
+
     def stage(inputs, labels):
         with torch.cuda.stream(copy):
-            x = inputs.pin_memory().to(device, non_blocking=True)
-            y = None if labels is None else labels.pin_memory().to(device, non_blocking=True)
+            x, y = upload(inputs), upload(labels)
         return x, y, copy.record_event()
 
     pending = None
