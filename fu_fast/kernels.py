@@ -66,8 +66,11 @@ def _cuda_kernels(tensor: torch.Tensor):
     return _C if backend == "native" else cupy_kernels.load() if backend == "cupy" else None
 
 
-def _stream(tensor: torch.Tensor) -> int:
-    return torch.cuda.current_stream(tensor.device).cuda_stream
+def _launch(cuda, entry: str, tensor: torch.Tensor, *args) -> None:
+    """Queue a CUDA entry point on the current stream of tensor's GPU, with that GPU current
+    (a stream can only take work from its own device)."""
+    with torch.cuda.device(tensor.device):
+        getattr(cuda, entry)(*args, torch.cuda.current_stream(tensor.device).cuda_stream)
 
 
 def backend_for(device: torch.device) -> str:
@@ -92,7 +95,7 @@ def permutation_ranks(key: int, n: int, device: torch.device | str = "cpu") -> t
     ranks = torch.empty(n, dtype=torch.int64, device=device)
     cuda = _cuda_kernels(ranks)
     if cuda is not None:
-        cuda.permutation_ranks_cuda(key, n, ranks.data_ptr(), _stream(ranks))
+        _launch(cuda, "permutation_ranks_cuda", ranks, key, n, ranks.data_ptr())
     elif ranks.device.type == "cpu":
         _C.permutation_ranks(key, n, ranks.data_ptr())
     else:
@@ -137,7 +140,7 @@ def expand_masked(x: torch.Tensor, keys: list[int], thresholds: list[int], inner
     args = (src.data_ptr(), out.data_ptr(), batch, units, inner, channels, spatial, channels_last,
             x.element_size(), masks.data_ptr(), masks[num_masks:].data_ptr(), num_masks)
     if cuda is not None:
-        cuda.expand_masked_cuda(*args, _stream(x))
+        _launch(cuda, "expand_masked_cuda", x, *args)
     else:
         _C.expand_masked(*args)
     return out
@@ -159,7 +162,7 @@ def label_agreement(logits: torch.Tensor, base_labels: torch.Tensor, num_masks: 
     args = (logits.data_ptr(), code, num_masks, base.numel(), logits.shape[1], logits.stride(0),
             base.data_ptr(), counts.data_ptr())
     if cuda is not None:
-        cuda.label_agreement_cuda(*args, _stream(logits))
+        _launch(cuda, "label_agreement_cuda", logits, *args)
     else:
         _C.label_agreement(*args)
     return counts
@@ -199,6 +202,6 @@ def covariance_accumulate(activation: torch.Tensor, rows: torch.Tensor, count: t
     if cuda is not None:
         # The batch's mean and co-moment: scratch from PyTorch's caching allocator.
         workspace = torch.empty(channels + channels * channels, dtype=torch.float64, device=activation.device)
-        cuda.covariance_accumulate_cuda(*args, workspace.data_ptr(), _stream(activation))
+        _launch(cuda, "covariance_accumulate_cuda", activation, *args, workspace.data_ptr())
     else:
         _C.covariance_accumulate(*args)

@@ -43,7 +43,9 @@ extern "C" __global__ void fu_expand_masked_vec16(const uint4* __restrict__ src,
   const int64_t vectors = units * inner / per_vector;
   for (int64_t v = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; v < vectors;
        v += int64_t{gridDim.x} * blockDim.x) {
-    unsigned int keep[4] = {0u, 0u, 0u, 0u};
+    // Byte mask of the kept elements, as two 64-bit halves held in registers.
+    unsigned long long keep_lo = 0ull, keep_hi = 0ull;
+    const unsigned long long element_bytes = elem_size == 8 ? ~0ull : (1ull << (8 * elem_size)) - 1;
     int64_t unit = -1;
     bool ablated = false;
     for (int i = 0; i < per_vector; ++i) {
@@ -52,15 +54,20 @@ extern "C" __global__ void fu_expand_masked_vec16(const uint4* __restrict__ src,
         unit = u;
         ablated = fu_fast::is_ablated(u, threshold, key);
       }
-      if (!ablated)
-        for (int byte = i * elem_size; byte < (i + 1) * elem_size; ++byte) keep[byte / 4] |= 0xffu << (8 * (byte % 4));
+      if (!ablated) {
+        const int byte = i * elem_size;
+        if (byte < 8) keep_lo |= element_bytes << (8 * byte);
+        else keep_hi |= element_bytes << (8 * (byte - 8));
+      }
     }
+    const unsigned int keep_x = static_cast<unsigned int>(keep_lo), keep_y = static_cast<unsigned int>(keep_lo >> 32);
+    const unsigned int keep_z = static_cast<unsigned int>(keep_hi), keep_w = static_cast<unsigned int>(keep_hi >> 32);
     for (int64_t b = 0; b < batch; ++b) {
       uint4 x = src[b * vectors + v];
-      x.x &= keep[0];
-      x.y &= keep[1];
-      x.z &= keep[2];
-      x.w &= keep[3];
+      x.x &= keep_x;
+      x.y &= keep_y;
+      x.z &= keep_z;
+      x.w &= keep_w;
       dst[(k * batch + b) * vectors + v] = x;
     }
   }
