@@ -20,7 +20,8 @@ Everything runs in one process, side by side, and the report is ratios:
   paper's code does) against fu-fast on the first --naive-images images. The floor of the
   analysis is its FLOPs (counted by torch's FlopCounterMode on a few images, scaled) over
   the measured matmul rate; the report gives measured / floor for the whole analysis and
-  for the suffix passes.
+  for the suffix passes. On the naive subset it also reports how far bfloat16 moves the
+  prunable fractions from float32.
 
 Synthetic images are standard-normal tensors (seeded); the analysis does not care what is in
 them, only how many there are. Curves of the naive path and of fu-fast are compared on the
@@ -41,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import fu_fast
 from fu_fast import kernels, models, reference
+from fu_fast.errors import FuFastError
 from fu_fast.analysis import masks
 from fu_fast.benchmarks.bench_cpu import (LEVELS, MASK_REPEATS, SEED, _count_agreement_timer, _json_default,
                                           compare, naive_masks)
@@ -244,6 +246,7 @@ def resnet_case(width: float, args, device: torch.device, rates: dict, log) -> d
     _sync(device)
     naive_seconds = time.perf_counter() - start
     agreement = compare(naive_counts, subset_result, len(naive_data))
+    shift = precision_shift(model, naive_data, settings)
     record = {
         "width": width, "parameters": models.parameter_count(model), "images": args.images,
         "seconds": seconds, "images_per_second": args.images / seconds,
@@ -255,12 +258,26 @@ def resnet_case(width: float, args, device: torch.device, rates: dict, log) -> d
         "curve_points": agreement["points"], "max_curve_diff": agreement["max_abs_diff"],
         "prunable_fraction": {n: r.prunable_fraction for n, r in result.layers.items()},
         "redundant_units": {n: r.redundant_units for n, r in result.layers.items()},
+        "bf16_prunable_shift": shift,
     }
     log(f"  floor {floor:.2f} s ({flops * scale / 1e12:.1f} TFLOP at {rates['matmul'] / 1e12:.1f} TFLOP/s): "
         f"measured/floor {record['measured_over_floor']:.2f}; suffix passes measured/floor {suffix_over_floor:.2f}")
     log(f"  naive vs fu-fast on {len(naive_data)} images: {naive_seconds:.2f} s vs {subset_seconds:.2f} s = "
         f"{record['speedup_over_naive']:.1f}x; curve points differing {agreement['mismatches']}/{agreement['points']}")
+    log(f"  bf16 vs fp32 on {len(naive_data)} images: prunable fractions move by at most "
+        f"{shift['max_abs_shift']:.4f} (mean {shift['mean_abs_shift']:.4f}) over the 8 layers")
     return record
+
+
+def precision_shift(model, data, settings: dict) -> dict:
+    """How far bfloat16 moves each layer's prunable fraction from float32 (same data, masks)."""
+    fractions = {}
+    for precision in ("fp32", "bf16"):
+        result = fu_fast.analyze(model, data, **{**settings, "precision": precision})
+        fractions[precision] = {n: r.prunable_fraction for n, r in result.layers.items()}
+    shifts = [abs(fractions["bf16"][n] - fractions["fp32"][n]) for n in fractions["fp32"]]
+    return {"fp32": fractions["fp32"], "bf16": fractions["bf16"], "max_abs_shift": max(shifts),
+            "mean_abs_shift": float(np.mean(shifts))}
 
 
 # ----------------------------------------------------------------------------- driver
@@ -299,7 +316,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: no usable CUDA device (use --device cpu for a smoke test)")
+        raise FuFastError("no usable CUDA device (use --device cpu for a smoke test of the code path)")
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     info = fu_fast.build_info()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -326,4 +343,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FuFastError as e:
+        raise SystemExit(f"error: {e}") from None

@@ -28,4 +28,5 @@ def test_gpu_benchmark_code_path_runs_on_the_cpu(tmp_path):
     (case,) = doc["resnet18"]
     assert case["curve_points"] == 8 * 63 and case["curve_mismatches"] == 0
     assert case["flops"] > case["suffix_flops"] > 0 and case["measured_over_floor"] > 0
+    assert case["bf16_prunable_shift"]["max_abs_shift"] >= case["bf16_prunable_shift"]["mean_abs_shift"] >= 0
     assert set(case["prunable_fraction"]) == {f"layer{s}.{b}" for s in range(1, 5) for b in range(2)}

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from fu_fast.cli.app import app
@@ -151,7 +152,7 @@ def test_sweep_shard_leaves_the_report_for_later(tmp_path):
     (["sweep", "--preset", "nope", "--out", "{tmp}/s"], ["unknown preset"]),
     (["sweep", "--preset", "mlp-synthetic", "--out", "{tmp}/s", "--shard", "3/2"], ["shard"]),
     (["report", "{tmp}"], ["sweep.json"]),
-    (["bench", "gpu"], ["unknown benchmark"]),
+    (["bench", "tpu"], ["unknown benchmark"]),
 ])
 def test_sweep_report_bench_user_errors(tmp_path, args, fragments):
     one_error_line(invoke(*[a.replace("{tmp}", str(tmp_path)) for a in args]), *fragments)
@@ -180,3 +181,10 @@ def test_analyze_under_torchrun_equals_one_process(tmp_path):
     assert two["data"]["examples"] == one["data"]["examples"] == 301
     assert two["layers"][0]["prunability"] == one["layers"][0]["prunability"]
     assert two["layers"][0]["redundancy"]["components"] == one["layers"][0]["redundancy"]["components"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_gpu_benchmark_without_a_gpu_is_a_clear_error():
+    result = invoke("bench", "gpu")
+    assert result.exit_code == 2 and "no usable CUDA device" in result.stderr
+

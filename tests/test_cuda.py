@@ -59,14 +59,16 @@ def test_cuda_sources_compile_at_run_time_with_nvrtc(source, kernels_expected):
     _, program = nvrtc.nvrtcCreateProgram(code, source.encode(), 0, [], [])
     options = [o.encode() for o in cupy_kernels.compile_options("compute_80")]
     (result,) = nvrtc.nvrtcCompileProgram(program, len(options), options)
+    # NVRTC writes into the buffers it is given: they must be mutable (a bytes object such as
+    # b" " * 1 is an interned singleton, and overwriting it corrupts the interpreter).
     _, size = nvrtc.nvrtcGetProgramLogSize(program)
-    log = b" " * size
+    log = bytearray(size)
     nvrtc.nvrtcGetProgramLog(program, log)
-    assert result == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode()
+    assert result == nvrtc.nvrtcResult.NVRTC_SUCCESS, bytes(log).decode()
     _, size = nvrtc.nvrtcGetPTXSize(program)
-    ptx = b" " * size
+    ptx = bytearray(size)
     nvrtc.nvrtcGetPTX(program, ptx)
-    assert sorted(re.findall(rb"\.entry (\w+)", ptx)) == sorted(k.encode() for k in kernels_expected)
+    assert sorted(re.findall(rb"\.entry (\w+)", bytes(ptx))) == sorted(k.encode() for k in kernels_expected)
 
 
 @pytest.mark.cuda

@@ -271,9 +271,22 @@ def test_rebuild_from_fu_fast_config(name):
     options.update({"input_dim": 12} if name == "mlp" else {"input_size": 80})
     model = meta_build(name, 0.5, **options)
     config = json.loads(json.dumps(model.fu_fast_config))
-    assert config == {"name": name, "width": 0.5, "options": options}
+    recorded = {**options, "units": None} if name == "alexnet" else options   # every option is recorded
+    assert config == {"name": name, "width": 0.5, "options": recorded}
     rebuilt = meta_build(config["name"], config["width"], **config["options"])
     assert shapes(rebuilt) == shapes(model) and rebuilt.fu_fast_config == model.fu_fast_config
+
+
+def test_alexnet_takes_explicit_layer_sizes():
+    """Thinned AlexNets (fu_fast.compress) have per-layer sizes no width gives."""
+    model = meta_build("alexnet", 2.0, units=(5, 7, 11, 3))
+    assert model.layer_units() == (5, 7, 11, 3) and model.fc3.in_features == 7 * 8 * 8
+    config = json.loads(json.dumps(model.fu_fast_config))
+    assert config["options"]["units"] == [5, 7, 11, 3]
+    assert shapes(meta_build("alexnet", config["width"], **config["options"])) == shapes(model)
+    for bad in ([1, 2, 3], [1, 2, 3, 0], "wide"):
+        with pytest.raises(FuFastError, match="units must be 4 positive integers"):
+            models.build("alexnet", units=bad)
 
 
 def test_init_is_recorded_resolved():

@@ -47,7 +47,8 @@ _IMAGENET = {"dropout": 0.0, "num_classes": 1000}
 # width factor and the resolved options; build() validates both and applies the init.
 _MODELS: dict[str, tuple[Callable[..., nn.Module], dict]] = {
     "mlp": (mlp.MLP, {"init": "gaussian:0.01", "dropout": 0.0, "num_classes": 2, "input_dim": 10}),
-    "alexnet": (alexnet.AlexNet, {"init": "torchvision", **_CIFAR}),
+    # units: per-layer sizes (conv1, conv2, fc3, fc4) overriding the width's, for thinned models.
+    "alexnet": (alexnet.AlexNet, {"init": "torchvision", **_CIFAR, "units": None}),
     "resnet56": (resnet_cifar.resnet56, {"init": "torchvision", **_CIFAR}),
     "resnet18": (resnet.resnet18, {"init": "torchvision", **_IMAGENET, "input_size": 224}),
     "inception_v3": (inception.inception_v3, {"init": "truncated_normal:0.1", **_IMAGENET, "input_size": 299}),
@@ -126,6 +127,13 @@ def _check_option(key: str, value, defaults: dict):
         if _is_real(value) and 0 <= value < 1:
             return float(value)
         raise FuFastError(f"dropout must be a probability in [0, 1), got {value!r}")
+    if key == "units":   # alexnet's explicit layer sizes
+        if value is None:
+            return None
+        if isinstance(value, (list, tuple)) and len(value) == 4 and all(
+                isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in value):
+            return [int(v) for v in value]
+        raise FuFastError(f"units must be 4 positive integers (conv1, conv2, fc3, fc4), got {value!r}")
     smallest = {"num_classes": 2, "input_dim": 1, "input_size": 1}[key]
     if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= smallest:
         return int(value)

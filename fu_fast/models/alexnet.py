@@ -54,39 +54,16 @@ class AlexNet(nn.Sequential):
     width 1; biases everywhere. Analysis layers: the four hidden layers norm1, norm2, relu3,
     relu4. Dropout, when asked for, acts on the FC layers' outputs (after relu3 and relu4)."""
 
-    def __init__(self, width: float, *, num_classes: int, dropout: float, input_size: int):
-        c1, c2, f3, f4 = (scaled(n, width) for n in (96, 256, 384, 192))
-        super().__init__(self._layers((c1, c2, f3, f4), num_classes, dropout, input_size))
+    def __init__(self, width: float, *, num_classes: int, dropout: float, input_size: int, units=None):
+        # units: explicit (conv1, conv2, fc3, fc4) sizes, for the thinner networks of
+        # fu_fast.compress, whose layers shrink independently (no width factor gives them).
+        sizes = tuple(units) if units is not None else tuple(scaled(n, width) for n in (96, 256, 384, 192))
+        super().__init__(self._layers(sizes, num_classes, dropout, input_size))
         self.analysis_layers = ["norm1", "norm2", "relu3", "relu4"]
-        self._input_size = input_size
-        # A thinned AlexNet (fu_fast.compress) has per-layer sizes no width factor gives; it keeps
-        # them in a "units" buffer, and loading a state_dict that has one resizes the layers to
-        # match, so a rebuilt model takes a thin model's weights. Without the buffer (every model
-        # the registry builds) state_dicts and loading are as before.
-        self._register_load_state_dict_pre_hook(self._adopt_units, with_module=True)
 
     def layer_units(self) -> tuple[int, int, int, int]:
         """Filters of conv1 and conv2, features of fc3 and fc4."""
         return (self.conv1.out_channels, self.conv2.out_channels, self.fc3.out_features, self.fc4.out_features)
-
-    def mark_units(self) -> None:
-        """Record the current per-layer sizes in the "units" buffer (after thinning)."""
-        self.register_buffer("units", torch.tensor(self.layer_units(), dtype=torch.int64))
-
-    @staticmethod
-    def _adopt_units(module, state_dict, prefix, *_):
-        units = state_dict.get(prefix + "units")
-        if units is None or units.shape != (4,) or units.dtype != torch.int64 or bool((units < 1).any()):
-            return   # no record (or a foreign one): the usual strict loading reports any mismatch
-        sizes = tuple(int(u) for u in units)
-        if sizes != module.layer_units():
-            factory = {"dtype": module.conv1.weight.dtype, "device": module.conv1.weight.device}
-            layers = module._layers(sizes, module.out.out_features, module.drop3.p, module._input_size)
-            for name, layer in layers.items():
-                if any(True for _ in layer.parameters()):
-                    setattr(module, name, layer.to(**factory))
-        if "units" not in module._buffers:
-            module.register_buffer("units", torch.zeros(4, dtype=torch.int64, device=module.conv1.weight.device))
 
     @staticmethod
     def _layers(units, num_classes: int, dropout: float, input_size: int) -> OrderedDict:
