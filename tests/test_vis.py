@@ -3,7 +3,6 @@
 import itertools
 import json
 import math
-import time
 
 import numpy as np
 import pytest
@@ -75,14 +74,13 @@ def test_permutation_test_separated_samples_and_the_plus_one_correction():
     assert permutation_test(first, second, alternative="less", seed=0).p_value == 1.0
 
 
-def test_permutation_test_is_seeded_and_takes_milliseconds():
+def test_permutation_test_is_seeded():
+    # (Its speed, about 20 ms for 100,000 shufflings of 8 vs 8, is measured, never asserted.)
     rng = np.random.default_rng(0)
     first, second = rng.normal(0.3, 1, 8), rng.normal(0, 1, 8)
-    start = time.perf_counter()
     a = permutation_test(first, second, shufflings=100_000, seed=7)
-    elapsed = time.perf_counter() - start
     assert a.p_value == permutation_test(first, second, shufflings=100_000, seed=7).p_value
-    assert elapsed < 2.0, elapsed
+    assert a.p_value != permutation_test(first, second, shufflings=100_000, seed=8).p_value
 
 
 # ------------------------------------------------------------------------------- total variation
