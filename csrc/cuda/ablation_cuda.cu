@@ -18,9 +18,23 @@ extern "C" __global__ void fu_permutation_ranks(uint64_t key, int64_t n, int64_t
 
 namespace fu_fast {
 
-// Whether unit u is ablated by (key, threshold); thresholds 0 and n need no rank.
-__device__ __forceinline__ bool is_ablated(int64_t u, int64_t threshold, const PermutationKey& key) {
-  return threshold >= key.n || (threshold > 0 && permutation_rank(u, key) < threshold);
+// One mask of an expansion (mask k = blockIdx.y) and the row layout it applies to.
+struct BlockMask {
+  RowLayout layout;
+  PermutationKey key;
+  int64_t threshold;
+
+  // Whether unit u is ablated; thresholds 0 and n need no rank.
+  __device__ __forceinline__ bool ablates_unit(int64_t u) const {
+    return threshold >= key.n || (threshold > 0 && permutation_rank(u, key) < threshold);
+  }
+};
+
+__device__ __forceinline__ BlockMask block_mask(int64_t units, int64_t inner, int64_t channels, int64_t spatial,
+                                                int channels_last, const uint64_t* keys,
+                                                const int64_t* thresholds) {
+  return BlockMask{RowLayout{units, inner, channels, spatial, channels_last != 0},
+                   make_permutation_key(keys[blockIdx.y], units), thresholds[blockIdx.y]};
 }
 
 }  // namespace fu_fast
@@ -36,9 +50,7 @@ extern "C" __global__ void fu_expand_masked_vec16(const uint4* __restrict__ src,
                                                   int elem_size, const uint64_t* __restrict__ keys,
                                                   const int64_t* __restrict__ thresholds) {
   const int64_t k = blockIdx.y;
-  const int64_t threshold = thresholds[k];
-  const fu_fast::RowLayout layout{units, inner, channels, spatial, channels_last != 0};
-  const fu_fast::PermutationKey key = fu_fast::make_permutation_key(keys[k], units);
+  const fu_fast::BlockMask mask = fu_fast::block_mask(units, inner, channels, spatial, channels_last, keys, thresholds);
   const int per_vector = 16 / elem_size;
   const int64_t vectors = units * inner / per_vector;
   for (int64_t v = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; v < vectors;
@@ -49,10 +61,10 @@ extern "C" __global__ void fu_expand_masked_vec16(const uint4* __restrict__ src,
     int64_t unit = -1;
     bool ablated = false;
     for (int i = 0; i < per_vector; ++i) {
-      const int64_t u = fu_fast::unit_of_element(v * per_vector + i, layout);
+      const int64_t u = fu_fast::unit_of_element(v * per_vector + i, mask.layout);
       if (u != unit) {
         unit = u;
-        ablated = fu_fast::is_ablated(u, threshold, key);
+        ablated = mask.ablates_unit(u);
       }
       if (!ablated) {
         const int byte = i * elem_size;
@@ -81,12 +93,10 @@ extern "C" __global__ void fu_expand_masked_scalar(const void* __restrict__ src,
                                                    int elem_size, const uint64_t* __restrict__ keys,
                                                    const int64_t* __restrict__ thresholds) {
   const int64_t k = blockIdx.y;
-  const int64_t threshold = thresholds[k];
-  const fu_fast::RowLayout layout{units, inner, channels, spatial, channels_last != 0};
-  const fu_fast::PermutationKey key = fu_fast::make_permutation_key(keys[k], units);
+  const fu_fast::BlockMask mask = fu_fast::block_mask(units, inner, channels, spatial, channels_last, keys, thresholds);
   const int64_t row = units * inner;
   for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < row; e += int64_t{gridDim.x} * blockDim.x) {
-    const bool ablated = fu_fast::is_ablated(fu_fast::unit_of_element(e, layout), threshold, key);
+    const bool ablated = mask.ablates_unit(fu_fast::unit_of_element(e, mask.layout));
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t from = b * row + e, to = (k * batch + b) * row + e;
       switch (elem_size) {

@@ -16,7 +16,6 @@ import contextlib
 import time
 from typing import Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
