@@ -106,7 +106,7 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
 
     results = {}
     correct = int(correct)
-    for layer, plan, sample, accumulator in layer_records:
+    for layer, plan, _, accumulator in layer_records:
         curves = plan.curves(counts[layer.name].cpu().numpy(), batches.examples)
         covariance = accumulator.covariance()
         red = pca.redundancy(covariance, pca_tolerance)
