@@ -320,7 +320,7 @@ def main(argv=None) -> dict:
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     info = fu_fast.build_info()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    log(f"fu_fast {fu_fast.__version__} (GPU kernels: {kernels.gpu_backend()}), torch {torch.__version__}, "
+    log(f"fu_fast {fu_fast.__version__} (kernels: {kernels.kernels_for(device)}), torch {torch.__version__}, "
         f"device {name}")
     big = 1024 if args.quick or device.type == "cpu" else 8192
     rates = {"matmul": matmul_rate(device, args.precision, big),
@@ -329,7 +329,7 @@ def main(argv=None) -> dict:
     log(f"measured: matmul {rates['matmul'] / 1e12:.2f} TFLOP/s ({args.precision}), "
         f"{rates['matmul_fp64'] / 1e12:.2f} TFLOP/s (fp64); bandwidth {rates['bandwidth'] / 1e9:.0f} GB/s")
     doc = {"benchmark": "bench_gpu", "date": datetime.date.today().isoformat(), "device": name,
-           "torch": torch.__version__, "fu_fast": fu_fast.__version__, "gpu_backend": kernels.gpu_backend(),
+           "torch": torch.__version__, "fu_fast": fu_fast.__version__, "gpu_backend": kernels.kernels_for(device),
            "cuda_runtime": info.get("cuda_runtime_version"), "settings": vars(args), "rates": rates}
     if not args.skip_kernels:
         log("\nkernels (median of 5), against the PyTorch composition they replace:")

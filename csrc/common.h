@@ -30,54 +30,59 @@ namespace fu_fast {
 
 enum class DType : int { Float32 = 0, Float64 = 1, BFloat16 = 2, Float16 = 3 };
 
-// The float with these bits (memcpy is the portable bit cast on the host; device code
+// The double with these bits (memcpy is the portable bit cast on the host; device code
 // has an intrinsic, which is also all NVRTC offers).
-FU_FAST_HD float float_from_bits(uint32_t bits) {
+FU_FAST_HD double double_from_bits(uint64_t bits) {
 #if defined(__CUDA_ARCH__)
-  return __uint_as_float(bits);
+  return __longlong_as_double(static_cast<long long>(bits));
 #else
-  float f;
-  memcpy(&f, &bits, sizeof f);
-  return f;
+  double d;
+  memcpy(&d, &bits, sizeof d);
+  return d;
 #endif
 }
 
-// IEEE half -> float, exact (every half is representable as a float).
-FU_FAST_HD float half_bits_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  uint32_t exponent = (h >> 10) & 0x1fu;
-  uint32_t mantissa = h & 0x3ffu;
-  uint32_t bits;
-  if (exponent == 0x1fu) {  // inf / nan
-    bits = sign | 0x7f800000u | (mantissa << 13);
+// An IEEE binary value (sign bit, biased exponent, stored mantissa of `mantissa_bits` bits)
+// as the double of equal value, with integer operations only. A float-to-double conversion
+// instruction would do the same, except where the code is compiled with -ftz=true, which
+// cupy forces on every run-time compilation: there it flushes subnormals to zero, while the
+// CPU and the compiled kernels keep them. Integer code gives every backend the same bits.
+FU_FAST_HD double double_from_ieee(uint64_t sign, uint32_t exponent, uint64_t mantissa, int mantissa_bits,
+                                   int bias, uint32_t max_exponent) {
+  constexpr uint64_t kMantissa52 = (uint64_t{1} << 52) - 1;
+  uint64_t bits;
+  if (exponent == max_exponent) {  // inf / nan
+    bits = (uint64_t{0x7ff} << 52) | (mantissa << (52 - mantissa_bits));
   } else if (exponent != 0) {  // normal
-    bits = sign | ((exponent + 112u) << 23) | (mantissa << 13);
+    bits = (static_cast<uint64_t>(static_cast<int>(exponent) - bias + 1023) << 52) | (mantissa << (52 - mantissa_bits));
   } else if (mantissa == 0) {  // signed zero
-    bits = sign;
-  } else {  // subnormal half: renormalise
-    int shift = 0;
-    while ((mantissa & 0x400u) == 0) {
-      mantissa <<= 1;
-      ++shift;
-    }
-    mantissa &= 0x3ffu;
-    bits = sign | (static_cast<uint32_t>(113 - shift) << 23) | (mantissa << 13);
+    bits = 0;
+  } else {  // subnormal: mantissa * 2^(1 - bias - mantissa_bits), renormalised at its leading one
+    int top = mantissa_bits - 1;
+    while (((mantissa >> top) & 1) == 0) --top;
+    bits = (static_cast<uint64_t>(top + 1 - bias - mantissa_bits + 1023) << 52) | ((mantissa << (52 - top)) & kMantissa52);
   }
-  return float_from_bits(bits);
+  return double_from_bits(bits | (sign << 63));
+}
+
+FU_FAST_HD double float32_bits_to_double(uint32_t f) {
+  return double_from_ieee(f >> 31, (f >> 23) & 0xffu, f & 0x7fffffu, 23, 127, 0xffu);
+}
+
+FU_FAST_HD double float16_bits_to_double(uint16_t h) {
+  return double_from_ieee(h >> 15, (h >> 10) & 0x1fu, h & 0x3ffu, 10, 15, 0x1fu);
 }
 
 // bfloat16 is the upper half of a float32.
-FU_FAST_HD float bfloat16_bits_to_float(uint16_t b) {
-  return float_from_bits(static_cast<uint32_t>(b) << 16);
-}
+FU_FAST_HD double bfloat16_bits_to_double(uint16_t b) { return float32_bits_to_double(static_cast<uint32_t>(b) << 16); }
 
 // Reads element i of a buffer of the given dtype as double.
 FU_FAST_HD double load_as_double(const void* data, DType dtype, int64_t i) {
   switch (dtype) {
-    case DType::Float32: return static_cast<const float*>(data)[i];
+    case DType::Float32: return float32_bits_to_double(static_cast<const uint32_t*>(data)[i]);
     case DType::Float64: return static_cast<const double*>(data)[i];
-    case DType::BFloat16: return bfloat16_bits_to_float(static_cast<const uint16_t*>(data)[i]);
-    case DType::Float16: return half_bits_to_float(static_cast<const uint16_t*>(data)[i]);
+    case DType::BFloat16: return bfloat16_bits_to_double(static_cast<const uint16_t*>(data)[i]);
+    case DType::Float16: return float16_bits_to_double(static_cast<const uint16_t*>(data)[i]);
   }
   return 0.0;
 }

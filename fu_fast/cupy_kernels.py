@@ -12,6 +12,7 @@ they do through the pybind11 binding.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 from pathlib import Path
 
@@ -32,27 +33,52 @@ def source_dir() -> Path:
 
 
 def compile_options(arch: str | None = None) -> tuple[str, ...]:
-    """NVRTC options for the .cu sources (include paths to csrc/ and csrc/cuda/)."""
-    root = source_dir()
-    options = ("--std=c++17", f"-I{root / 'cuda'}", f"-I{root}")
+    """NVRTC options for the .cu sources: the headers are found through csrc/ only (they are
+    included by bare name; NVRTC looks beside the program's name first, and cupy names the
+    program inside a fresh temporary directory)."""
+    options = ("--std=c++17", f"-I{source_dir()}")
     return options + ((f"--gpu-architecture={arch}",) if arch else ())
+
+
+def unavailable_reason() -> str | None:
+    """Why the cupy kernels cannot run here (cupy missing, no GPU, no sources), or None."""
+    if importlib.util.find_spec("cupy") is None:
+        return "cupy is not installed (pip install 'fu-fast[cupy]')"
+    if not torch.cuda.is_available():
+        return "no GPU is usable"
+    try:
+        source_dir()
+    except FileNotFoundError as e:
+        return str(e)
+    return None
 
 
 def available() -> bool:
     """Whether cupy is installed, a GPU is usable, and the CUDA sources are at hand."""
-    if importlib.util.find_spec("cupy") is None or not torch.cuda.is_available():
-        return False
-    try:
-        source_dir()
-    except FileNotFoundError:
-        return False
-    return True
+    return unavailable_reason() is None
+
+
+def program_text(name: str) -> str:
+    """The source cupy compiles for csrc/cuda/<name>: the .cu text behind a comment holding the
+    digest of every header it may include. cupy's disk cache is keyed by the source text only,
+    so without the digest a changed header (an upgrade or an editable install in the same
+    place) would keep loading kernels compiled from the old one."""
+    root = source_dir()
+    digest = hashlib.sha256()
+    for header in sorted(root.glob("*.h")):
+        digest.update(header.name.encode() + b"\0" + header.read_bytes() + b"\0")
+    return f"// fu-fast headers sha256 {digest.hexdigest()}\n" + (root / "cuda" / name).read_text()
 
 
 @functools.lru_cache(maxsize=None)
-def load() -> "CupyKernels":
-    """The compiled kernels (compiled once per process; cupy also caches them on disk)."""
-    return CupyKernels()
+def load(device_index: int) -> "CupyKernels":
+    """The kernels compiled for one GPU (once per process and device; cupy also caches the
+    compiled code on disk). A cupy module is bound to the device current when it is loaded, so
+    it is loaded with that GPU current."""
+    import cupy
+
+    with cupy.cuda.Device(device_index):
+        return CupyKernels()
 
 
 def _blocks(work: int) -> int:
@@ -68,9 +94,10 @@ class CupyKernels:
         import cupy
 
         self._cupy = cupy
-        root, options = source_dir(), compile_options()
-        ablation = cupy.RawModule(code=(root / "cuda" / "ablation_cuda.cu").read_text(), options=options)
-        covariance = cupy.RawModule(code=(root / "cuda" / "covariance_cuda.cu").read_text(), options=options)
+        options = compile_options()
+        ablation = cupy.RawModule(code=program_text("ablation_cuda.cu"), options=options)
+        covariance = cupy.RawModule(code=program_text("covariance_cuda.cu"), options=options)
+        # Kernels bind to the current device when first fetched: fetch them all now.
         self._ranks = ablation.get_function("fu_permutation_ranks")
         self._expand_vec16 = ablation.get_function("fu_expand_masked_vec16")
         self._expand_scalar = ablation.get_function("fu_expand_masked_scalar")
@@ -90,8 +117,11 @@ class CupyKernels:
 
     def expand_masked_cuda(self, src, dst, batch, units, inner, channels, spatial, channels_last, elem_size,
                            keys, thresholds, num_masks, stream):
+        # The checks of the C++ launcher (expand_masked_cuda in ablation_cuda.cu).
         if num_masks > 65535:
             raise ValueError("expand_masked_cuda: at most 65535 masks per call")
+        if elem_size not in (2, 4, 8):
+            raise ValueError("expand_masked_cuda: element size must be 2, 4 or 8 bytes")
         row_bytes = units * inner * elem_size
         aligned = row_bytes % 16 == 0 and src % 16 == 0 and dst % 16 == 0
         kernel = self._expand_vec16 if aligned else self._expand_scalar
@@ -110,6 +140,8 @@ class CupyKernels:
                                    stride_spatial, rows, num_rows, count, mean, comoment, workspace, stream):
         if num_rows == 0:
             return
+        if channels > _TILE * 65535:    # the tile grid's y dimension
+            raise ValueError("covariance_accumulate_cuda: too many channels")
         view = (_ptr(data), np.int32(dtype), np.int64(channels), np.int64(spatial), np.int64(stride_batch),
                 np.int64(stride_channel), np.int64(stride_spatial), _ptr(rows), np.int64(num_rows))
         batch_mean, batch_comoment = workspace, workspace + 8 * channels

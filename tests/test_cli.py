@@ -32,6 +32,31 @@ def test_info_lists_the_build():
     assert "backends" in result.stdout and "cpu" in result.stdout and "gpu_usable" in result.stdout
 
 
+def test_info_check_runs_the_cpu_checks_and_says_why_no_gpu_was_checked():
+    result = invoke("info", "--check")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    checks = [line for line in lines if line.startswith(("ok", "FAIL"))]
+    assert len(checks) == 5 and all(line.startswith("ok    cpu") for line in checks), result.stdout
+    if not torch.cuda.is_available():
+        assert lines[-1].startswith("verdict: all 5 checks passed (cpu only; no GPU was usable: "), lines[-1]
+
+
+def test_info_check_fails_on_a_kernel_that_differs_from_its_reference(monkeypatch):
+    from fu_fast import kernels
+
+    real = kernels.label_agreement
+
+    def off_by_one(logits, base, masks, **kwargs):
+        return real(logits, base, masks, **kwargs) + (logits.shape[1] == 37)
+
+    monkeypatch.setattr(kernels, "label_agreement", off_by_one)
+    result = invoke("info", "--check")
+    assert result.exit_code == 1
+    assert "FAIL  cpu     label agreement vs reference: Mismatch: (10, 37) torch.float32" in result.stdout
+    assert "verdict: 1 of 5 checks FAILED" in result.stdout
+
+
 def test_train_then_analyze_the_checkpoint(tmp_path):
     run = tmp_path / "run"
     result = invoke("train", "--model", "mlp", "--width", "0.5", "--epochs", "2", "--out", run, "--quiet")

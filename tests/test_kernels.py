@@ -162,3 +162,40 @@ def test_bindings_refuse_null_pointers_and_bad_sizes():
         _C.expand_masked(8, 8, 1, 1, 1, 1, 1, False, 3, 8, 8, 1)
     with pytest.raises(ValueError, match="channels \\* spatial"):
         _C.expand_masked(8, 8, 1, 12, 1, 5, 2, True, 4, 8, 8, 1)
+
+
+def special_values(dtype) -> torch.Tensor:
+    """Every bit pattern of a 16-bit type, or for float32 each exponent class with random
+    mantissas (subnormals, the smallest and largest normals), zeros of both signs, infinities."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype)
+    rng = np.random.default_rng(5)
+    exponents = np.repeat(np.arange(256, dtype=np.uint32), 64)
+    bits = (rng.integers(0, 2, exponents.size, dtype=np.uint32) << 31) | (exponents << 23) | \
+        rng.integers(0, 2**23, exponents.size, dtype=np.uint32)
+    edges = np.array([0, 1, 2**23 - 1, 2**23, 0x7F7FFFFF, 0x7F800000, 0x80000001], dtype=np.uint32)
+    return torch.from_numpy(np.concatenate([bits, edges, edges | 2**31]).view(np.int32)).view(torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_kernels_read_every_value_exactly_subnormals_included(dtype):
+    """The kernels convert to float64 with integer operations (the same code on every backend):
+    a one-row covariance update leaves each value as the mean, which must be its exact float64."""
+    values = special_values(dtype)
+    values = values[torch.isfinite(values)]
+    width = 256
+    values = torch.cat([values, values[: (-values.numel()) % width]]).view(-1, 1, width)
+    for row in values:
+        state = [torch.zeros(1, dtype=torch.float64), torch.zeros(width, dtype=torch.float64),
+                 torch.zeros(width, width, dtype=torch.float64)]
+        kernels.covariance_accumulate(row, torch.tensor([0]), *state)
+        # Exact equality (the merge's arithmetic turns -0.0 into +0.0, which equality ignores).
+        assert torch.equal(state[1], row[0].double())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_label_agreement_tells_subnormals_apart(dtype):
+    tiny = torch.finfo(dtype).smallest_normal / 4              # a subnormal of the type
+    logits = torch.tensor([[tiny, 2 * tiny, 0.0], [0.0, -tiny, -0.0], [-tiny, -2 * tiny, -0.0]]).to(dtype)
+    assert (logits[0, 1] > logits[0, 0]) and logits[0, 0] > 0
+    assert torch.equal(kernels.label_agreement(logits, torch.tensor([1, 0, 2]), 1), torch.tensor([3]))

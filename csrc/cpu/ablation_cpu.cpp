@@ -2,8 +2,8 @@
 #include <cstring>
 #include <vector>
 
-#include "../ablation.h"
-#include "../permutation.h"
+#include "ablation.h"
+#include "permutation.h"
 
 namespace fu_fast {
 namespace {

@@ -1,6 +1,6 @@
 #include <vector>
 
-#include "../covariance.h"
+#include "covariance.h"
 
 namespace fu_fast {
 namespace {

@@ -1,5 +1,5 @@
 // cuda_status() for a module built without CUDA (device_cuda.cu replaces this file).
-#include "../device.h"
+#include "device.h"
 
 namespace fu_fast {
 

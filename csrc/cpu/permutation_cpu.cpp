@@ -1,4 +1,4 @@
-#include "../permutation.h"
+#include "permutation.h"
 
 namespace fu_fast {
 

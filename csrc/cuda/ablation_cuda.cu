@@ -6,8 +6,8 @@
 // The kernels are extern "C" with scalar arguments so that this same file also serves a
 // build without CUDA: fu_fast/cupy_kernels.py compiles it at run time with NVRTC (cupy's
 // RawModule), which skips the host launchers below (__CUDACC_RTC__).
-#include "../ablation.h"
-#include "../permutation.h"
+#include "ablation.h"
+#include "permutation.h"
 
 
 extern "C" __global__ void fu_permutation_ranks(uint64_t key, int64_t n, int64_t* ranks) {

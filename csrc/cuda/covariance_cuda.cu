@@ -6,7 +6,7 @@
 //
 // Like ablation_cuda.cu, the kernels are extern "C" so that NVRTC (through cupy) can compile
 // this file for a build without CUDA; the host launcher is skipped there.
-#include "../covariance.h"
+#include "covariance.h"
 
 namespace fu_fast {
 
@@ -132,8 +132,10 @@ namespace fu_fast {
 void covariance_accumulate_cuda(ActivationView act, const int64_t* rows, int64_t num_rows, MomentState state,
                                 double* workspace, void* stream) {
   if (num_rows <= 0) return;
-  auto s = static_cast<cudaStream_t>(stream);
   const int64_t c = act.channels;
+  const int64_t tiles = (c + kCovTile - 1) / kCovTile;
+  if (tiles > 65535) throw std::invalid_argument("covariance_accumulate_cuda: too many channels");
+  auto s = static_cast<cudaStream_t>(stream);
   double* batch_mean = workspace;
   double* batch_comoment = workspace + c;
   check_cuda(cudaMemsetAsync(batch_comoment, 0, sizeof(double) * c * c, s), "covariance_accumulate_cuda: memset");
@@ -145,7 +147,6 @@ void covariance_accumulate_cuda(ActivationView act, const int64_t* rows, int64_t
   check_launch("covariance_accumulate_cuda: batch mean");
 
   // Enough row slices to give the GPU about a thousand blocks, each slice at least 256 rows.
-  const int64_t tiles = (c + kCovTile - 1) / kCovTile;
   const int64_t tile_blocks = tiles * (tiles + 1) / 2;
   int64_t slices = (1024 + tile_blocks - 1) / tile_blocks;
   const int64_t max_slices = (num_rows + 255) / 256;
@@ -154,7 +155,6 @@ void covariance_accumulate_cuda(ActivationView act, const int64_t* rows, int64_t
   const int64_t rows_per_slice = (num_rows + slices - 1) / slices;
   const dim3 grid(static_cast<unsigned int>(tiles), static_cast<unsigned int>(tiles),
                   static_cast<unsigned int>((num_rows + rows_per_slice - 1) / rows_per_slice));
-  if (tiles > 65535) throw std::invalid_argument("covariance_accumulate_cuda: too many channels");
   fu_covariance_cross<<<grid, kThreads, 0, s>>>(act.data, dtype, c, act.spatial, act.stride_batch,
                                                 act.stride_channel, act.stride_spatial, rows, num_rows,
                                                 rows_per_slice, batch_mean, batch_comoment);

@@ -1,6 +1,6 @@
 #include <cuda_runtime.h>
 
-#include "../device.h"
+#include "device.h"
 
 namespace fu_fast {
 

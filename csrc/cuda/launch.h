@@ -6,7 +6,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "../common.h"
+#include "common.h"
 
 namespace fu_fast {
 

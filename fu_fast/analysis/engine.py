@@ -91,6 +91,8 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
         batches.shard(dist.get_rank(), dist.get_world_size())
 
     started = time.perf_counter()
+    # On a GPU the kernels' backend is chosen (and proves itself) here, not inside a forward hook.
+    kernel_backend = kernels.kernels_for(device)
     was_training = {m: m.training for m in model.modules()}
     model.eval()
     try:
@@ -136,7 +138,7 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
     return AnalysisResult(
         model=model_doc, data=data_doc, settings=settings, layers=results, trial=trial,
         timing={"seconds": time.perf_counter() - started, "passes_over_data": batches.passes},
-        build={"version": kernels.build_info()["version"], "backend": kernels.backend_for(device)})
+        build={"version": kernels.compiled_version(), "backend": kernels.backend_for(device), "kernels": kernel_backend})
 
 
 def _one_pass(model, batches, layer_names, grid, repeats, sample_cap, unit, seed, device, dtype,
@@ -179,8 +181,8 @@ def _one_pass(model, batches, layer_names, grid, repeats, sample_cap, unit, seed
                 thresholds = list(plan.thresholds[start:start + chunk])
                 try:
                     agreed = ablation.count_agreement(model, layer.module, x, base, keys, thresholds, layer.inner)
-                except FuFastError:
-                    raise
+                except FuFastError as e:
+                    raise type(e)(f"the masked pass at layer '{layer.name}': {e}") from None
                 except RuntimeError as e:
                     raise FuFastError(f"the masked pass at layer '{layer.name}' failed ({e}); the part of the "
                                       "model after it must accept a batch of any size") from None
