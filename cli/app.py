@@ -15,14 +15,43 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 import fu_fast
+from fu_fast.atomic import check_writable_dir, check_writable_file
 from fu_fast.errors import FuFastError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Measure frivolous (prunable and redundant) units of neural networks, fast.")
+try:   # typer vendors click from 0.16 on; before, it depends on click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover - older typer
+    from click.exceptions import ClickException
+    NoArgsIsHelpError = ()
+
 out = Console()
 err = Console(stderr=True, soft_wrap=True)   # messages are never broken mid-line
+RESUMABLE_COMMANDS = ("train", "sweep")      # a rerun of the same command continues where it stopped
+
+
+class OneLineErrors(TyperGroup):
+    """Typer's group, with a bad option value or a missing option reported like every other
+    mistake: one `error:` line on stderr and exit code 2 (instead of a usage box)."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as e:     # `fu-fast` alone prints the help
+            e.show()
+            code = e.exit_code
+        except ClickException as e:
+            err.print(f"error: {e.format_message()}", highlight=False, markup=False)
+            code = e.exit_code
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Measure frivolous (prunable and redundant) units of neural networks, fast.")
 
 
 class Unit(str, Enum):
@@ -45,6 +74,10 @@ def user_errors(command):
         except FuFastError as e:
             err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            resume = "; run the same command again to resume" if command.__name__ in RESUMABLE_COMMANDS else ""
+            err.print(f"interrupted{resume}", highlight=False, markup=False)
+            raise typer.Exit(130) from None
     return run
 
 
@@ -136,6 +169,7 @@ def train(
     """
     from fu_fast.train import TrainConfig, train as run_training
 
+    check_writable_dir(out_dir)
     options = {key: value for key, value in (("init", init), ("dropout", dropout), ("input_dim", input_dim),
                                              ("input_size", image_size)) if value is not None}
     config = TrainConfig(model=model, width=width, model_options=options, data=data,
@@ -196,10 +230,20 @@ def analyze(
     from fu_fast.train import load_model, read_run
     from fu_fast.train.distributed import setup, teardown
 
+    from fu_fast.analysis.inputs import DEFAULT_BATCH_SIZE
+
+    if result_file is not None:
+        check_writable_file(result_file)
+    if batch_size is not None and batch_size < 1:
+        raise FuFastError(f"--batch-size must be positive, got {batch_size}")
+    if workers is not None and workers < 0:
+        raise FuFastError(f"--workers must be 0 or more, got {workers}")
     run = None
     if checkpoint is not None:
         net, _ = load_model(checkpoint, model=model, width=width)
         run = read_run(checkpoint if checkpoint.is_dir() else checkpoint.parent)
+        _check_agrees_with_checkpoint(net.fu_fast_config, {"--input-dim": ("input_dim", input_dim),
+                                                           "--image-size": ("input_size", image_size)})
     else:
         if model is None:
             raise FuFastError("say which model to analyse: --model (and --checkpoint for trained weights)")
@@ -211,12 +255,10 @@ def analyze(
                                     random_labels=random_labels, image_size=image_size, limit=limit)
     # Under torchrun every process analyses a shard of the data (fu_fast.analyze combines them).
     ctx, target = setup(device)
-    if workers is not None and workers < 0:
-        raise FuFastError(f"--workers must be 0 or more, got {workers}")
     on_gpu = target.type == "cuda"
     # Decoding images is the bottleneck of a GPU analysis: worker processes and pinned batches
     # let it overlap with the passes (the engine copies batch i+1 while computing batch i).
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or 128, shuffle=False,
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or DEFAULT_BATCH_SIZE, shuffle=False,
                                          num_workers=(8 if on_gpu else 0) if workers is None else workers,
                                          pin_memory=on_gpu)
     try:
@@ -236,6 +278,17 @@ def analyze(
         out.print(_layer_table(result))
         if result_file is not None:
             err.print(f"wrote {result_file}", highlight=False)
+
+
+def _check_agrees_with_checkpoint(config: dict, flags: dict) -> None:
+    """Refuse a flag that would describe another model than the checkpoint holds (it would be
+    ignored): {flag: (build option, value given or None)}."""
+    options = config.get("options", {})
+    for flag, (option, value) in flags.items():
+        if value is not None and options.get(option) != value:
+            recorded = f"{option} {options[option]}" if option in options else f"no {option} option"
+            raise FuFastError(f"{flag} {value} contradicts the checkpoint's {config.get('name', 'model')} "
+                              f"({recorded}); leave it out")
 
 
 @app.command()
@@ -261,6 +314,7 @@ def sweep(
         return
     if out_dir is None:
         raise FuFastError("say where the sweep goes: --out SWEEP_DIR")
+    check_writable_dir(out_dir)
     config = load_config(config_file, preset, trials)
     members = config.members()
     with _progress(quiet, len(members), "sweep") as advance:
@@ -325,8 +379,10 @@ def _layer_table(result) -> Table:
     for column in ("layer", "kind", "units", "prunable", "prunable units", "redundant units", "mean |r|"):
         table.add_column(column, justify="left" if column in ("layer", "kind") else "right")
     for name, layer in result.layers.items():
+        # A dead or constant layer has no correlations (fewer than two units vary).
+        mean_abs_r = "dead" if layer.mean_abs_r is None else f"{layer.mean_abs_r:.3f}"
         table.add_row(name, layer.kind, str(layer.units), f"{layer.prunable_fraction:.3f}",
-                      f"{layer.prunable_units:,.1f}", str(layer.redundant_units), f"{layer.mean_abs_r:.3f}")
+                      f"{layer.prunable_units:,.1f}", str(layer.redundant_units), mean_abs_r)
     return table
 
 
@@ -350,9 +406,14 @@ class _progress:
 
     def __exit__(self, error_type, *exc):
         if self.bar is not None:
-            if error_type is not None:   # the error line alone, no half-filled bar above it
+            if error_type is None:
+                self.bar.__exit__(error_type, *exc)
+            else:
+                # The error line alone: no half-filled bar above it, and not the empty line that
+                # Progress.stop prints on a non-terminal; the live display stops without a trace.
                 self.bar.remove_task(self.task)
-            self.bar.__exit__(error_type, *exc)
+                self.bar.live.transient = True
+                self.bar.live.stop()
 
 
 # Commands defined in their own modules register themselves on `app` when imported.

@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
+from fu_fast.atomic import check_writable_dir
 from fu_fast.errors import FuFastError
 
 from .app import _progress, app, err, out, user_errors
@@ -62,10 +63,13 @@ def compress_command(
     from fu_fast.compress.chain import check_sequential
     from fu_fast.compress.engine import compress
     from fu_fast.compress.checkpoint import save
+    from fu_fast.analysis.engine import resolve_device
     from fu_fast.train import load_model, read_run
 
     if out_dir.resolve() == checkpoint.resolve() or (checkpoint.is_file() and out_dir.resolve() == checkpoint.parent.resolve()):
         raise FuFastError("--out must be a new directory, not the wide model's run directory")
+    check_writable_dir(out_dir)
+    target = resolve_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     wide, _ = load_model(checkpoint)
     check_sequential(wide)   # refuse skip-connection models before any data is read
     run = read_run(checkpoint if checkpoint.is_dir() else checkpoint.parent)
@@ -74,7 +78,6 @@ def compress_command(
         wide.fu_fast_config, trained=settings, name=data, split=which,
         data_dir=str(data_dir) if data_dir else None, limit=n)
     fit_set, eval_set = load(fit_split, fit_limit), load(split, limit)
-    target = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with _progress(quiet, 1, "compress") as report:
         result = compress(wide.to(target), fit_set, eval_data=eval_set, layers=layers or None, method=method.value,
                           tolerance=tolerance, pca_tolerance=pca_tolerance, search_method=search.value,

@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
+from fu_fast.atomic import check_writable_dir
 from fu_fast.errors import FuFastError
 
 from .app import _progress, app, err, out, user_errors
@@ -60,6 +61,7 @@ def visualize(
     settings = dict(units=units, steps=steps, image_size=image_size, lr=lr, objective=objective.value,
                     shufflings=shufflings, alternative=alternative.value, batch_size=batch_size)
     check_settings(**settings)   # before two models are loaded or built
+    check_writable_dir(out_dir)
 
     if model is not None and (thin is not None or wide is not None):
         raise FuFastError("give either two checkpoints (THIN WIDE) or --model with widths, not both")

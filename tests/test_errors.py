@@ -81,7 +81,17 @@ def test_nan_activations_and_weights():
     ({"tolerance": 1.0}, "tolerance"), ({"pca_tolerance": -0.1}, "pca_tolerance"),
     ({"repeats": 0}, "repeats"), ({"levels": 1}, "levels"), ({"levels": [0.5, 1.0]}, "levels"),
     ({"unit": "pixel"}, "unit must be one of position, channel"), ({"sample_cap": 1}, "sample_cap"),
-    ({"batch_size": 0}, "batch_size"),
+    ({"batch_size": 0}, "batch_size"), ({"batch_size": -3}, "batch_size must be positive"),
+    ({"batch_size": 2.5}, "batch_size must be a positive integer"),
+    ({"levels": 2.5}, "levels must be an integer"), ({"levels": "21"}, "levels must be an integer"),
+    ({"repeats": 2.5}, "repeats must be an integer"), ({"repeats": True}, "repeats must be an integer"),
+    ({"sample_cap": 1e4}, "sample_cap must be an integer"), ({"tolerance": "0.2"}, "tolerance must be a number"),
+    ({"layers": ["1", "1"]}, "layer '1' is named more than once"),
+    ({"device": "nonsense"}, "unknown device 'nonsense'"), ({"device": "meta"}, "device 'meta' is not supported"),
+    pytest.param({"device": "cuda"}, "device 'cuda' asked for, but no CUDA GPU is usable here",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is usable here")),
+    pytest.param({"device": "cuda:1"}, "device 'cuda:1' asked for",
+                 marks=pytest.mark.skipif(torch.cuda.device_count() > 1, reason="a second GPU is usable here")),
 ])
 def test_bad_settings(settings, message):
     with pytest.raises(FuFastError, match=message):
@@ -101,3 +111,30 @@ def test_loader_that_drops_examples_is_counted_consistently():
     dataset = torch.utils.data.TensorDataset(INPUTS.double())
     loader = torch.utils.data.DataLoader(dataset, batch_size=6, drop_last=True)
     assert fu_fast.analyze(mlp(8, 5, 3), loader).data["examples"] == 18
+
+
+def test_numpy_integers_are_settings_like_any_other():
+    import numpy as np
+
+    result = fu_fast.analyze(mlp(8, 5, 3), INPUTS.double(), levels=np.int64(5), repeats=np.int64(2),
+                             batch_size=np.int64(7))
+    assert result.settings["levels"] == [0.0, 0.25, 0.5, 0.75, 1.0] and type(result.settings["repeats"]) is int
+
+
+def test_a_shuffling_loader_is_refused():
+    """The position sample for redundancy is drawn over example indices: the data must come in
+    the same order every time."""
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(INPUTS.double()), batch_size=6, shuffle=True)
+    with pytest.raises(FuFastError, match="shuffles its data"):
+        fu_fast.analyze(mlp(8, 5, 3), loader)
+
+
+def test_activations_too_large_for_float64_name_the_layer():
+    model = mlp(8, 5, 3)
+    with torch.no_grad():
+        model[0].weight.mul_(1e160)
+    with pytest.raises(FuFastError, match=r"^layer '1': its activations are too large for float64 sums"):
+        fu_fast.analyze(model, INPUTS.double())
+    with torch.no_grad():
+        model[0].weight.div_(1e20)      # 1e140: squares still fit; the eigendecomposition is scaled
+    assert fu_fast.analyze(model, INPUTS.double()).layers["1"].components >= 1

@@ -13,8 +13,9 @@ covariances become components, redundant units and |r| quantiles.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import time
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -75,13 +76,22 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
             (torchrun). The data must then be a tensor or a map-style Dataset.
     """
     _check_settings(tolerance, pca_tolerance, repeats, sample_cap, unit)
+    if isinstance(levels, (bool, str)) or not isinstance(levels, (numbers.Integral, Iterable)):
+        raise FuFastError(f"levels must be an integer (the number of fractions) or a list of fractions, got {levels!r}")
     try:
         grid = masks.level_grid(levels)
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         raise FuFastError(str(e)) from None
-    device = torch.device(device) if device is not None else _model_device(model)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)):
+        raise FuFastError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(layers, str):
+        layers = [layers]
+    if layers is not None:
+        repeated = sorted({name for name in layers if list(layers).count(name) > 1})
+        if repeated:   # its agreement counts would be added twice
+            raise FuFastError(f"layer {', '.join(repr(n) for n in repeated)} is named more than once")
+    repeats, sample_cap = int(repeats), int(sample_cap)   # plain ints in the result document
+    device = resolve_device(device, model)
     dtype = _model_dtype(model)
     precision = _check_precision(precision, dtype)
     _check_parameters(model)
@@ -111,7 +121,10 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
     for layer, plan, _, accumulator in layer_records:
         curves = plan.curves(counts[layer.name].cpu().numpy(), batches.examples)
         covariance = accumulator.covariance()
-        red = pca.redundancy(covariance, pca_tolerance)
+        try:
+            red = pca.redundancy(covariance, pca_tolerance)
+        except ValueError as e:
+            raise FuFastError(f"layer '{layer.name}': {e}") from None
         corr = pca.correlation(covariance)
         results[layer.name] = LayerResult(
             name=layer.name, kind=layer.kind, units=layer.units, ablation_units=layer.ablation_units,
@@ -144,8 +157,6 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
 def _one_pass(model, batches, layer_names, grid, repeats, sample_cap, unit, seed, device, dtype,
               channels_last, memory_budget, progress):
     probe = _prepare(batches.first(), device, dtype, channels_last)
-    if isinstance(layer_names, str):
-        layer_names = [layer_names]
     try:
         analysed = layer_lib.resolve(model, probe[:16], list(layer_names) if layer_names is not None else None, unit)
     except FuFastError:
@@ -312,6 +323,26 @@ def _prepare(inputs: torch.Tensor, device, dtype, channels_last: bool = False) -
     return x
 
 
+def resolve_device(device, model: nn.Module | None = None) -> torch.device:
+    """The device asked for (default: the model's, else the CPU), checked to exist and be usable here."""
+    if device is None:
+        device = _model_device(model) if model is not None else torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise FuFastError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FuFastError(f"device '{device}' asked for, but no CUDA GPU is usable here")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if device.index >= torch.cuda.device_count():
+            raise FuFastError(f"device '{device}' asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
+    elif device.type != "cpu":
+        raise FuFastError(f"device '{device}' is not supported; use cpu, cuda or cuda:N")
+    return device
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for tensor in list(model.parameters()) + list(model.buffers()):
         return tensor.device
@@ -332,14 +363,16 @@ def _check_parameters(model: nn.Module) -> None:
 
 
 def _check_settings(tolerance, pca_tolerance, repeats, sample_cap, unit) -> None:
+    for name, value in (("tolerance", tolerance), ("pca_tolerance", pca_tolerance)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise FuFastError(f"{name} must be a number in [0, 1), got {value!r}")
     if not 0.0 <= tolerance < 1.0:
         raise FuFastError(f"tolerance must be in [0, 1), got {tolerance}")
     if not 0.0 <= pca_tolerance < 1.0:
         raise FuFastError(f"pca_tolerance must be in [0, 1), got {pca_tolerance}")
-    if repeats < 1:
-        raise FuFastError(f"repeats must be at least 1, got {repeats}")
-    if sample_cap < 2:
-        raise FuFastError(f"sample_cap must be at least 2, got {sample_cap}")
+    for name, value, least in (("repeats", repeats, 1), ("sample_cap", sample_cap, 2)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+            raise FuFastError(f"{name} must be an integer of at least {least}, got {value!r}")
     if unit not in UNITS:
         raise FuFastError(f"unit must be one of {', '.join(UNITS)}, got '{unit}'")
 

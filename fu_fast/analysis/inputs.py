@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler, Subset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler, Subset
 
 from ..errors import FuFastError
 
@@ -34,6 +34,10 @@ class Batches:
                 raise FuFastError(f"inputs and labels differ in length: {self._inputs.shape[0]} vs {self._labels.shape[0]}")
             self.name, self.examples = "tensor", self._inputs.shape[0]
         elif isinstance(data, DataLoader):
+            if isinstance(data.sampler, RandomSampler) or getattr(data.sampler, "shuffle", False):
+                # Examples are identified by their position in the data (the position sample for
+                # redundancy is drawn over it), so a reshuffled order changes the result.
+                raise FuFastError("the DataLoader shuffles its data; analyse it in a fixed order (shuffle=False)")
             self._loader = data
             self.name = type(data.dataset).__name__
             self.examples = _loader_length(data)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 from dataclasses import dataclass
 
 # p * n is rounded to this many decimals before the floor, so that decimal fractions that
@@ -33,7 +34,8 @@ def sampling_seed(seed: int, layer: str) -> int:
 
 def level_grid(levels) -> list[float]:
     """The ablation fractions: an int L gives 0, 1/(L-1), ..., 1; a sequence is checked."""
-    if isinstance(levels, int):
+    if isinstance(levels, numbers.Integral):
+        levels = int(levels)
         if levels < 2:
             raise ValueError("levels must be at least 2 (the grid includes 0 and 1)")
         return [i / (levels - 1) for i in range(levels)]

@@ -26,13 +26,18 @@ def redundancy(covariance: np.ndarray, pca_tolerance: float) -> Redundancy:
     so count as redundant; zero total variance gives k = 0.
     """
     channels = covariance.shape[0]
+    if not np.isfinite(covariance).all():
+        raise ValueError("its activations are too large for float64 sums of squares (the covariance overflows)")
+    # The explained-variance ratios do not depend on the covariance's scale; dividing by its
+    # largest variance keeps LAPACK's iterations away from overflow for very large activations.
+    scale = float(np.abs(np.diag(covariance)).max()) if channels else 0.0
+    if scale == 0.0:
+        return Redundancy(0, channels, [0.0] * channels)
     # torch's LAPACK, not NumPy's: a second BLAS thread pool beside torch's oversubscribes
     # the cores and can make this 100x slower on a busy machine.
-    eigenvalues = torch.linalg.eigvalsh(torch.from_numpy(np.ascontiguousarray(covariance))).numpy()
+    eigenvalues = torch.linalg.eigvalsh(torch.from_numpy(np.ascontiguousarray(covariance / scale))).numpy()
     eigenvalues = np.clip(eigenvalues[::-1], 0.0, None)
     total = float(eigenvalues.sum())
-    if not np.isfinite(total):
-        raise ValueError("the covariance is not finite")
     if total <= 0.0:
         return Redundancy(0, channels, [0.0] * channels)
     ratios = eigenvalues / total

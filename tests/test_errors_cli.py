@@ -1,0 +1,157 @@
+"""Bad command lines: every option of every command with bad values, output paths that cannot
+be written, options that contradict a checkpoint. Each must end with one `error:` line on
+stderr, exit code 2, and nothing written."""
+
+import os
+import tempfile
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import fu_fast
+from fu_fast.cli import app as cli_app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(cli_app.app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "mlp"
+    result = invoke("train", "--model", "mlp", "--width", "0.25", "--epochs", "1", "--out", run, "--quiet")
+    assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.fixture
+def places(tmp_path, trained_run):
+    """Names the table's command lines use: a file, a directory, the trained run."""
+    (tmp_path / "a_file").write_text("not a directory")
+    (tmp_path / "a_dir").mkdir()
+    return {"FILE": tmp_path / "a_file", "DIR": tmp_path / "a_dir", "UNDER_FILE": tmp_path / "a_file" / "x",
+            "RUN": trained_run, "NEW": tmp_path / "new"}
+
+
+ANALYZE = ("analyze", "--model", "mlp", "--width", "0.25", "--limit", "50", "-q")
+TRAIN = ("train", "--model", "mlp", "--width", "0.25", "--epochs", "1", "-q")
+
+# (command line with names from `places`, fragments the one error line must hold)
+BAD_COMMAND_LINES = [
+    # option values Typer cannot parse: one line, not a usage box
+    (("analyze", "--width", "abc"), ["--width", "valid number"]),
+    (("analyze", "--model", "mlp", "--levels", "abc"), ["--levels"]),
+    (("analyze", "--model", "mlp", "--unit", "foo"), ["--unit", "foo"]),
+    (("analyze", "--model", "mlp", "--precision", "fp8"), ["--precision"]),
+    (("train", "--model", "mlp", "--epochs", "x", "--out", "NEW"), ["--epochs"]),
+    (("train", "--out", "NEW"), ["Missing option", "--model"]),
+    (("sweep", "--preset", "mlp-synthetic-10d", "--out", "NEW", "--trials", "many"), ["--trials"]),
+    (("report",), ["Missing argument"]),
+    (("nosuch",), ["No such command"]),
+    (("analyze", "--model", "mlp", "--no-such-option"), ["No such option"]),
+    # values that parse but make no sense
+    (ANALYZE + ("--batch-size", "0"), ["--batch-size must be positive"]),
+    (ANALYZE + ("--batch-size", "-1"), ["--batch-size must be positive"]),
+    (ANALYZE + ("--workers", "-1"), ["--workers"]),
+    (ANALYZE + ("--layers", "1", "--layers", "1"), ["layer '1' is named more than once"]),
+    (ANALYZE + ("--levels", "1"), ["levels"]),
+    (ANALYZE + ("--repeats", "0"), ["repeats"]),
+    (ANALYZE + ("--tolerance", "1.5"), ["tolerance"]),
+    (ANALYZE + ("--device", "nonsense"), ["unknown device"]),
+    (TRAIN + ("--batch-size", "0", "--out", "NEW"), ["batch size must be a positive integer"]),
+    (TRAIN + ("--batch-size", "-4", "--out", "NEW"), ["batch size must be a positive integer"]),
+    (("compress", "--checkpoint", "RUN", "--out", "NEW", "--device", "nonsense"), ["unknown device"]),
+    # flags that contradict the checkpoint would be ignored
+    (("analyze", "--checkpoint", "RUN", "--input-dim", "7", "-q"), ["--input-dim 7 contradicts", "input_dim 10"]),
+    (("analyze", "--checkpoint", "RUN", "--image-size", "32", "-q"), ["--image-size 32 contradicts"]),
+    # output paths, checked before any work
+    (ANALYZE + ("--out", "DIR"), ["is a directory"]),
+    (ANALYZE + ("--out", "UNDER_FILE"), ["is not a directory"]),
+    (TRAIN + ("--out", "FILE"), ["exists and is not a directory"]),
+    (TRAIN + ("--out", "UNDER_FILE"), ["is not a directory"]),
+    (("sweep", "--preset", "mlp-synthetic-10d", "--out", "FILE"), ["exists and is not a directory"]),
+    (("compress", "--checkpoint", "RUN", "--out", "FILE"), ["exists and is not a directory"]),
+    (("visualize", "--model", "alexnet", "--thin-width", "0.25", "--wide-width", "0.5", "--out", "UNDER_FILE"),
+     ["is not a directory"]),
+]
+
+
+@pytest.mark.parametrize("line, fragments", BAD_COMMAND_LINES, ids=lambda v: " ".join(v) if isinstance(v, tuple) else None)
+def test_bad_command_lines_end_in_one_error_line(line, fragments, places, tmp_path):
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = invoke(*[places.get(word, word) for word in line])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before    # nothing written
+
+
+def test_an_output_folder_without_write_permission_is_refused_before_work(tmp_path, monkeypatch):
+    """Root may write anywhere, so the refusal is simulated where the check asks the file system."""
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    analysed = []
+    monkeypatch.setattr(fu_fast, "analyze", lambda *a, **k: analysed.append(1))
+    for line in (ANALYZE + ("--out", tmp_path / "r.json"), TRAIN + ("--out", tmp_path / "run"),
+                 ("sweep", "--preset", "mlp-synthetic-10d", "--out", tmp_path / "sweep")):
+        result = invoke(*line)
+        assert result.exit_code == 2 and result.stderr.strip().splitlines() == [
+            f"error: cannot write {line[-1]}: {tmp_path}: Permission denied"], result.stderr
+    assert not analysed and not list(tmp_path.iterdir())
+
+
+def test_help_is_unchanged():
+    result = invoke("analyze", "--help")
+    assert result.exit_code == 0 and "--batch-size" in result.stdout
+
+
+@pytest.mark.parametrize("command, module, function, message", [
+    (TRAIN + ("--out", "NEW"), "fu_fast.train", "train", "interrupted; run the same command again to resume"),
+    (("sweep", "--preset", "mlp-synthetic-10d", "--out", "NEW"), "fu_fast.sweep", "run_sweep",
+     "interrupted; run the same command again to resume"),
+    (ANALYZE, "fu_fast", "analyze", "interrupted"),
+])
+def test_ctrl_c_says_so_and_whether_a_rerun_resumes(command, module, function, message, places, monkeypatch):
+    import importlib
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(module), function, interrupted)
+    result = invoke(*[places.get(word, word) for word in command])
+    assert result.exit_code == 130
+    assert result.stderr.strip().splitlines() == [message]
+
+
+def test_an_error_after_the_progress_bar_started_is_the_only_line(monkeypatch):
+    def fails_halfway(*args, progress=None, **kwargs):
+        progress(10, 50)
+        raise fu_fast.FuFastError("layer '1' produced NaN or infinite activations")
+
+    monkeypatch.setattr(fu_fast, "analyze", fails_halfway)
+    result = invoke("analyze", "--model", "mlp", "--width", "0.25", "--limit", "50")
+    assert result.exit_code == 2
+    assert result.stderr == "error: layer '1' produced NaN or infinite activations\n"
+
+
+def test_a_dead_layer_prints_as_dead(tmp_path, monkeypatch):
+    """A layer whose units never vary has no correlations: the table says so instead of failing."""
+    real = fu_fast.analyze
+
+    def with_a_dead_layer(model, *args, **kwargs):
+        with torch.no_grad():
+            model.fc1.bias.fill_(-1e6)        # relu1 never fires
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(fu_fast, "analyze", with_a_dead_layer)
+    out = tmp_path / "r.json"
+    result = invoke("analyze", "--model", "mlp", "--width", "0.25", "--limit", "50", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "dead" in result.stdout and out.exists()
