@@ -12,7 +12,7 @@ from rich.table import Table
 from fu_fast.atomic import check_writable_dir
 from fu_fast.errors import FuFastError
 
-from .app import _progress, app, err, out, user_errors
+from .console import ProgressBar, err, out, user_errors
 
 
 class Method(str, Enum):
@@ -27,7 +27,6 @@ class Search(str, Enum):
     random = "random"
 
 
-@app.command("compress")
 @user_errors
 def compress_command(
     checkpoint: Path = typer.Option(..., help="the wide model: a run directory of fu-fast train, or a .pt file"),
@@ -78,7 +77,7 @@ def compress_command(
         wide.fu_fast_config, trained=settings, name=data, split=which,
         data_dir=str(data_dir) if data_dir else None, limit=n)
     fit_set, eval_set = load(fit_split, fit_limit), load(split, limit)
-    with _progress(quiet, 1, "compress") as report:
+    with ProgressBar(quiet, 1, "compress") as report:
         result = compress(wide.to(target), fit_set, eval_data=eval_set, layers=layers or None, method=method.value,
                           tolerance=tolerance, pca_tolerance=pca_tolerance, search_method=search.value,
                           repeats=repeats, seed=seed, sample_cap=sample_cap, device=target, batch_size=batch_size,

@@ -12,7 +12,7 @@ from rich.table import Table
 from fu_fast.atomic import check_writable_dir
 from fu_fast.errors import FuFastError
 
-from .app import _progress, app, err, out, user_errors
+from .console import ProgressBar, err, out, user_errors
 
 
 class Alternative(str, Enum):
@@ -25,7 +25,6 @@ class Objective(str, Enum):
     center = "center"
 
 
-@app.command()
 @user_errors
 def visualize(
     thin: Optional[Path] = typer.Argument(None, help="the thin model: a run directory of fu-fast train, or a .pt file"),
@@ -72,7 +71,7 @@ def visualize(
                     load_subject("wide", model=model, width=wide_width, seed=seed)]
     else:
         subjects = [load_subject("thin", thin), load_subject("wide", wide)]
-    with _progress(quiet, 1, "visualize") as report:
+    with ProgressBar(quiet, 1, "visualize") as report:
         document = run_experiment(*subjects, out_dir, layers=layers or None, device=device, seed=seed,
                                   progress=report, **settings)
     if not quiet:

@@ -1,0 +1,147 @@
+"""`fu-fast analyze`: prunability, redundancy and correlations of a model's layers (fu_fast.analyze)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+import fu_fast
+from fu_fast.atomic import check_writable_file
+from fu_fast.errors import FuFastError
+
+from .console import ProgressBar, err, out, user_errors
+
+
+class Unit(str, Enum):
+    position = "position"
+    channel = "channel"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    tf32 = "tf32"
+    bf16 = "bf16"
+
+
+@user_errors
+def analyze(
+    model: Optional[str] = typer.Option(None, help="model name [default: the checkpoint's]"),
+    width: Optional[float] = typer.Option(None, help="width factor [default: the checkpoint's; 1 without one]"),
+    checkpoint: Optional[Path] = typer.Option(None, help="a run directory of fu-fast train, or a .pt file"),
+    data: Optional[str] = typer.Option(None, help="synthetic, cifar10 or imagenet [default: the run's]"),
+    data_dir: Optional[Path] = typer.Option(None, help="data location [default: the run's]"),
+    split: str = typer.Option("test", help="train, val or test (imagenet: val and test are the validation set)"),
+    input_dim: Optional[int] = typer.Option(None, help="synthetic data input dimension"),
+    image_size: Optional[int] = typer.Option(None, help="image side [default: the model's]"),
+    random_labels: Optional[bool] = typer.Option(None, "--random-labels/--true-labels",
+                                                 help="labels of the data [default: the run's]"),
+    limit: Optional[int] = typer.Option(None, help="analyse only the first N examples"),
+    layers: Optional[List[str]] = typer.Option(None, "--layers", help="layer to analyse (repeatable) [default: the model's]"),
+    tolerance: float = typer.Option(0.2, help="label-agreement tolerance of the prunable fraction"),
+    pca_tolerance: float = typer.Option(0.05, help="variance share the kept components may leave out"),
+    repeats: int = typer.Option(3, help="random ablation orders; the prunable fraction is their max"),
+    levels: int = typer.Option(21, help="ablation fractions from 0 to 1"),
+    sample_cap: int = typer.Option(50_000, help="most sampled positions per conv layer for redundancy"),
+    unit: Unit = typer.Option(Unit.position, help="conv ablation unit: every position, or whole channels"),
+    seed: int = typer.Option(0, help="seed of the masks, the position sample and an untrained model's weights"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N [default: cuda if usable; under torchrun, "
+                                                    "the local rank's GPU]"),
+    batch_size: Optional[int] = typer.Option(None, help="rows per batch (results do not depend on it)"),
+    precision: Optional[Precision] = typer.Option(None, help="fp32 (TF32 off), tf32 (GPU tensor cores) or bf16 "
+                                                               "(autocast) [default: fp32]"),
+    channels_last: bool = typer.Option(False, "--channels-last", help="NHWC memory for conv layers (faster on GPUs)"),
+    workers: Optional[int] = typer.Option(None, help="data-loading processes [default: 8 on a GPU, 0 on the CPU]"),
+    result_file: Optional[Path] = typer.Option(None, "--out", help="write the JSON result document here"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no table, no progress"),
+) -> None:
+    """Prunability, redundancy and correlations of a model's layers, in one pass over the data.
+
+    Many GPUs or nodes: run it under torchrun (`torchrun --nproc_per_node 8 -m fu_fast.cli analyze ...`);
+    each process analyses a shard of the data and the result equals a single process's.
+    """
+    import torch
+
+
+    from fu_fast import data as data_lib
+    from fu_fast import models
+    from fu_fast.train import load_model, read_run
+    from fu_fast.train.distributed import setup, teardown
+
+    from fu_fast.analysis.inputs import DEFAULT_BATCH_SIZE
+
+    if result_file is not None:
+        check_writable_file(result_file)
+    if batch_size is not None and batch_size < 1:
+        raise FuFastError(f"--batch-size must be positive, got {batch_size}")
+    if workers is not None and workers < 0:
+        raise FuFastError(f"--workers must be 0 or more, got {workers}")
+    run = None
+    if checkpoint is not None:
+        net, _ = load_model(checkpoint, model=model, width=width)
+        run = read_run(checkpoint if checkpoint.is_dir() else checkpoint.parent)
+        _check_agrees_with_checkpoint(net.fu_fast_config, {"--input-dim": ("input_dim", input_dim),
+                                                           "--image-size": ("input_size", image_size)})
+    else:
+        if model is None:
+            raise FuFastError("say which model to analyse: --model (and --checkpoint for trained weights)")
+        options = {k: v for k, v in (("input_dim", input_dim), ("input_size", image_size)) if v is not None}
+        torch.manual_seed(seed)   # an untrained model: the same weights in every process and every run
+        net = models.build(model, 1.0 if width is None else width, **options)
+    dataset = data_lib.for_analysis(net.fu_fast_config, trained=run["settings"] if run else None, name=data,
+                                    split=split, data_dir=str(data_dir) if data_dir else None,
+                                    random_labels=random_labels, image_size=image_size, limit=limit)
+    # Under torchrun every process analyses a shard of the data (fu_fast.analyze combines them).
+    ctx, target = setup(device)
+    on_gpu = target.type == "cuda"
+    # Decoding images is the bottleneck of a GPU analysis: worker processes and pinned batches
+    # let it overlap with the passes (the engine copies batch i+1 while computing batch i).
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or DEFAULT_BATCH_SIZE, shuffle=False,
+                                         num_workers=(8 if on_gpu else 0) if workers is None else workers,
+                                         pin_memory=on_gpu)
+    try:
+        with ProgressBar(quiet or not ctx.main, len(dataset), "analyse") as report:
+            result = fu_fast.analyze(net.to(target), loader, layers=layers or None, tolerance=tolerance,
+                                     pca_tolerance=pca_tolerance, repeats=repeats, levels=levels,
+                                     sample_cap=sample_cap, unit=unit.value, seed=seed, device=target,
+                                     precision=precision.value if precision else None,
+                                     channels_last=channels_last, progress=report)
+    finally:
+        teardown(ctx)
+    if not ctx.main:
+        return
+    if result_file is not None:
+        result.save(result_file)
+    if not quiet:
+        out.print(_layer_table(result))
+        if result_file is not None:
+            err.print(f"wrote {result_file}", highlight=False)
+
+
+def _check_agrees_with_checkpoint(config: dict, flags: dict) -> None:
+    """Refuse a flag that would describe another model than the checkpoint holds (it would be
+    ignored): {flag: (build option, value given or None)}."""
+    options = config.get("options", {})
+    for flag, (option, value) in flags.items():
+        if value is not None and options.get(option) != value:
+            recorded = f"{option} {options[option]}" if option in options else f"no {option} option"
+            raise FuFastError(f"{flag} {value} contradicts the checkpoint's {config.get('name', 'model')} "
+                              f"({recorded}); leave it out")
+
+
+def _layer_table(result) -> Table:
+    m = result.model
+    title = (f"{m['name']} x{m['width']} ({m['parameters']:,} parameters"
+             + (f", accuracy {m['accuracy']:.4f}" if m.get("accuracy") is not None else "") + ")")
+    table = Table(title=title)
+    for column in ("layer", "kind", "units", "prunable", "prunable units", "redundant units", "mean |r|"):
+        table.add_column(column, justify="left" if column in ("layer", "kind") else "right")
+    for name, layer in result.layers.items():
+        # A dead or constant layer has no correlations (fewer than two units vary).
+        mean_abs_r = "dead" if layer.mean_abs_r is None else f"{layer.mean_abs_r:.3f}"
+        table.add_row(name, layer.kind, str(layer.units), f"{layer.prunable_fraction:.3f}",
+                      f"{layer.prunable_units:,.1f}", str(layer.redundant_units), mean_abs_r)
+    return table
