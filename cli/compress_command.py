@@ -56,19 +56,18 @@ def compress_command(
     """A thinner network with (almost) the same labels: the redundant units refactored into the
     next layer (the paper's Appendix C) and the prunable ones dropped, layer by layer from the
     output backwards. Sequential models only (mlp, alexnet)."""
-    import torch
 
     from fu_fast import data as data_lib
     from fu_fast.compress.chain import check_sequential
     from fu_fast.compress.engine import compress
     from fu_fast.compress.checkpoint import save
-    from fu_fast.analysis.engine import resolve_device
+    from fu_fast.devices import resolve_device
     from fu_fast.train import load_model, read_run
 
     if out_dir.resolve() == checkpoint.resolve() or (checkpoint.is_file() and out_dir.resolve() == checkpoint.parent.resolve()):
         raise FuFastError("--out must be a new directory, not the wide model's run directory")
     check_writable_dir(out_dir)
-    target = resolve_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    target = resolve_device(device)
     wide, _ = load_model(checkpoint)
     check_sequential(wide)   # refuse skip-connection models before any data is read
     run = read_run(checkpoint if checkpoint.is_dir() else checkpoint.parent)

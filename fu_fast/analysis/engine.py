@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .. import kernels
+from ..devices import resolve_device
 from ..errors import FuFastError
 from . import ablation, layers as layer_lib, masks, pca
 from .covariance import CovarianceAccumulator, PositionSample
@@ -91,7 +92,7 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
         if repeated:   # its agreement counts would be added twice
             raise FuFastError(f"layer {', '.join(repr(n) for n in repeated)} is named more than once")
     repeats, sample_cap = int(repeats), int(sample_cap)   # plain ints in the result document
-    device = resolve_device(device, model)
+    device = resolve_device(device if device is not None else _model_device(model))
     dtype = _model_dtype(model)
     precision = _check_precision(precision, dtype)
     _check_parameters(model)
@@ -321,26 +322,6 @@ def _prepare(inputs: torch.Tensor, device, dtype, channels_last: bool = False) -
     if channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
-
-
-def resolve_device(device, model: nn.Module | None = None) -> torch.device:
-    """The device asked for (default: the model's, else the CPU), checked to exist and be usable here."""
-    if device is None:
-        device = _model_device(model) if model is not None else torch.device("cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise FuFastError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise FuFastError(f"device '{device}' asked for, but no CUDA GPU is usable here")
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        if device.index >= torch.cuda.device_count():
-            raise FuFastError(f"device '{device}' asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
-    elif device.type != "cpu":
-        raise FuFastError(f"device '{device}' is not supported; use cpu, cuda or cuda:N")
-    return device
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..errors import FuFastError
+from ..devices import resolve_device
 
 
 @dataclass(frozen=True)
@@ -54,14 +54,8 @@ def setup(device: str | None) -> tuple[Distributed, torch.device]:
     """The process's rank and device; initialises the process group under torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     ctx = Distributed(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-    wanted = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        target = torch.device(wanted)
-    except RuntimeError:
-        raise FuFastError(f"unknown device {wanted!r}; use cpu, cuda or cuda:N") from None
+    target = resolve_device(device)
     if target.type == "cuda":
-        if not torch.cuda.is_available():
-            raise FuFastError(f"device {wanted} asked for, but no CUDA GPU is usable here")
         if ctx.enabled:   # one GPU per process, as torchrun's LOCAL_RANK says
             target = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(target)

@@ -28,6 +28,7 @@ from torch import nn
 
 from .. import __version__, models
 from ..atomic import write_atomic
+from ..devices import resolve_device
 from ..errors import FuFastError
 from .grid import write_grid
 from .render import OBJECTIVES, COLOR_CORRELATION_SQRT, Transforms, visualize
@@ -90,17 +91,6 @@ def normalization(data: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     else:
         from ..data.imagenet import MEAN, STD
     return tuple(MEAN), tuple(STD)
-
-
-def resolve_device(device: str | None) -> torch.device:
-    wanted = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        target = torch.device(wanted)
-    except RuntimeError:
-        raise FuFastError(f"unknown device {wanted!r}; use cpu, cuda or cuda:N") from None
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise FuFastError(f"device {wanted} asked for, but no CUDA GPU is usable here")
-    return target
 
 
 def _positive_int(value, what: str) -> int:
