@@ -1,5 +1,9 @@
 """fu_fast.data: small data sets written in the real on-disk formats, read back."""
 
+import copyreg
+import io
+import pickle
+import shutil
 import time
 
 import numpy as np
@@ -94,6 +98,38 @@ def test_cifar10_missing_or_broken_directory(tmp_path, cifar_dir):
     (folder / "test_batch").write_bytes(b"not a pickle")
     one_line_error("not a CIFAR-10 python batch", "cifar10", "test", data_dir=tmp_path)
 
+
+
+def python2_batch(pixels, labels) -> bytes:
+    """A batch as the official files encode it (Python 2 and numpy 1 wrote them): str keys, the
+    pixel bytes as a str (read back as latin1 text), numpy.core.multiarray._reconstruct."""
+    reconstruct = pixels.__reduce__()[0]
+
+    def reduce_array(a):
+        return reconstruct, (np.ndarray, (0,), "b"), (1, a.shape, a.dtype, False, a.tobytes().decode("latin1"))
+
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=2)
+    pickler.dispatch_table = {**copyreg.dispatch_table, np.ndarray: reduce_array}
+    pickler.dump({"batch_label": "testing batch 1 of 1", "data": pixels, "labels": labels,
+                  "filenames": [f"{j}.png" for j in range(len(labels))]})
+    return buffer.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+
+
+@pytest.mark.parametrize("protocol", [0, 1, 2, 3, 4, 5, "python 2"])
+def test_cifar10_batches_of_every_pickle_protocol_load(cifar_dir, tmp_path, protocol):
+    """The restricted unpickler admits every encoding of the format: numpy 1 and 2 module
+    names, protocol 5's _frombuffer, protocol < 3's bytes as _codecs.encode(text, "latin1")."""
+    folder = tmp_path / "cifar-10-batches-py"
+    shutil.copytree(cifar_dir[0] / "cifar-10-batches-py", folder)
+    pixels = np.random.default_rng(3).integers(0, 256, (5, 3072), dtype=np.uint8)
+    labels = [9, 0, 4, 4, 1]
+    content = python2_batch(pixels, labels) if protocol == "python 2" else \
+        pickle.dumps({b"data": pixels, b"labels": labels, b"batch_label": b"test"}, protocol=protocol)
+    (folder / "test_batch").write_bytes(content)
+    test = data.load("cifar10", "test", data_dir=tmp_path)
+    assert test.targets == labels
+    assert np.array_equal(test.images, pixels.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
 
 # ---------------------------------------------------------------- ImageNet (ImageFolder)
 

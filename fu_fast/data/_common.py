@@ -1,4 +1,4 @@
-"""Helpers shared by the data sets: option checks and derived random generators."""
+"""Helpers shared by the data sets: option checks, error lines and derived random generators."""
 
 import numpy as np
 import torch
@@ -11,6 +11,12 @@ def positive_int(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise FuFastError(f"{what} must be a positive integer, got {value!r}")
     return value
+
+
+def one_line(error: Exception) -> str:
+    """An exception as "Type: first line of its message" (a reader's messages may span lines, or be empty)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def generator(seed: int, *keys: int) -> torch.Generator:

@@ -5,17 +5,56 @@ train/; "val" and "test" both read val/: the paper analyses the 50,000 validatio
 images, and ImageNet's own test labels are not public. Only the folder a split needs
 must exist, so analysis works with the validation images alone; where both exist they
 must hold the same class folders.
+
+Images are decoded when an example is read, so a damaged file (empty, truncated, not an
+image) is found then, not when the folder is listed (checking a million images up front
+would cost as much as an epoch). It stops whatever is running -- training or analysis --
+with one line naming the file: skipping it would silently change the data set a run
+records. A training run stopped that way resumes from its last checkpoint once the file
+is replaced by a readable copy (removing it instead changes the data under the run).
 """
 
+import os
 from pathlib import Path
 
+from PIL import Image, UnidentifiedImageError
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
 from ..errors import FuFastError
+from ._common import one_line
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LAYOUT = "the ImageFolder layout train/CLASS/*.JPEG and val/CLASS/*.JPEG"
+
+
+class UnreadableImage(FuFastError):
+    """A damaged image file.
+
+    A DataLoader worker process sends an exception back as its formatted traceback, and the
+    main process raises ``type(e)(text)`` where the text is "Caught ... in DataLoader worker
+    process N.", the traceback, and last "<type>: <message>": the constructor keeps the
+    message alone, so the error stays one line with workers too.
+    """
+
+    def __init__(self, message: str):
+        if "Original Traceback" in message:
+            message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+        super().__init__(message)
+
+
+def load_image(path: str) -> Image.Image:
+    """The RGB image at `path` (torchvision's pil_loader), or UnreadableImage naming the file."""
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except UnidentifiedImageError:
+        reason = "an empty file" if os.path.getsize(path) == 0 else "not an image format PIL reads"
+    except Exception as e:  # truncated or corrupt data: PIL raises OSError, SyntaxError, ValueError, ...
+        reason = one_line(e)
+    raise UnreadableImage(f"imagenet: cannot read image {path} ({reason}); replace or delete it and run again "
+                          f"(a damaged image stops training and analysis; a stopped training run resumes from its "
+                          f"last checkpoint)")
 
 
 def transform(*, augment: bool, image_size: int):
@@ -36,7 +75,8 @@ def load(data_dir, split: str, *, augment: bool = False, image_size: int = 224) 
     if not folder.is_dir():
         raise FuFastError(f"imagenet: no {folder.name}/ under {folder.parent} (expected {LAYOUT})")
     try:
-        dataset = ImageFolder(str(folder), transform=transform(augment=augment, image_size=image_size))
+        dataset = ImageFolder(str(folder), transform=transform(augment=augment, image_size=image_size),
+                              loader=load_image)
     except FileNotFoundError as e:  # no class folders, or a class folder without images
         raise FuFastError(f"imagenet: {folder}: {e} (expected {LAYOUT})") from None
     # Labels are indices into the sorted class folders, so train/ and val/ must agree.

@@ -87,11 +87,7 @@ def _train(config: TrainConfig, out_dir: Path, ctx: Distributed, device: torch.d
     state = {"epoch": 0, "best_val": -1.0, "best_epoch": 0, "since_best": 0, "history": [],
              "stopped_early": False, "done": False}
     if existing is not None and (out_dir / ckpt.CHECKPOINT_FILE).exists():
-        saved = ckpt.load_torch(out_dir / ckpt.CHECKPOINT_FILE)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = saved["state"]
+        state = ckpt.restore(out_dir / ckpt.CHECKPOINT_FILE, model, optimizer, scheduler)
     stepper = model
     if ctx.enabled:
         stepper = nn.parallel.DistributedDataParallel(
