@@ -100,3 +100,18 @@ def test_build_info():
     if "cuda" in info["backends"]:
         assert info["cuda_archs"] and info["cuda_runtime_version"] > 0
     assert info["gpu_usable"] == torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("", "is not a fu-fast analysis document"), ("{not json", "is not a fu-fast analysis document"),
+    ("[1, 2, 3]", "schema 'list'"), ('{"schema": "fu-fast/analysis/1"}', "without the entry 'layers'"),
+    ('{"schema": "fu-fast/analysis/1", "layers": 5}', "malformed"), (b"\xff\xfe\x00garbage", "not a fu-fast"),
+])
+def test_a_damaged_document_is_named_in_one_line(tmp_path, content, fragment):
+    path = tmp_path / "analysis.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(fu_fast.FuFastError, match=fragment) as caught:
+        fu_fast.AnalysisResult.load(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(fu_fast.FuFastError, match="cannot read"):
+        fu_fast.AnalysisResult.load(tmp_path / "missing.json")

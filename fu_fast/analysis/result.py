@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import write_atomic
+from ..errors import FuFastError
 
 SCHEMA = "fu-fast/analysis/1"
 
@@ -124,15 +125,28 @@ class AnalysisResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> "AnalysisResult":
-        if d.get("schema") != SCHEMA:
-            raise ValueError(f"not a fu-fast analysis document (schema {d.get('schema')!r})")
-        layers = {l["name"]: LayerResult.from_dict(l) for l in d["layers"]}
-        return cls(d["model"], d["data"], d["settings"], layers, d["timing"], d["build"], d.get("trial"))
+        """The result a document describes; ValueError, saying what is wrong, for anything else."""
+        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+            found = d.get("schema") if isinstance(d, dict) else type(d).__name__
+            raise ValueError(f"not a fu-fast analysis document (schema {found!r})")
+        try:
+            layers = {l["name"]: LayerResult.from_dict(l) for l in d["layers"]}
+            return cls(d["model"], d["data"], d["settings"], layers, d["timing"], d["build"], d.get("trial"))
+        except KeyError as e:
+            raise ValueError(f"a {SCHEMA} document without the entry {e}") from None
+        except (TypeError, AttributeError, IndexError) as e:   # an entry of the wrong type
+            raise ValueError(f"a malformed {SCHEMA} document ({e})") from None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "AnalysisResult":
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        """The result saved at ``path``; FuFastError naming the file when it cannot be one."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                return cls.from_dict(json.load(f))
+        except OSError as e:
+            raise FuFastError(f"cannot read {path}: {e.strerror or e}") from None
+        except (ValueError, UnicodeDecodeError) as e:   # JSONDecodeError is a ValueError
+            raise FuFastError(f"{path} is not a fu-fast analysis document: {str(e).splitlines()[0]}") from None
 
 
 def _check_finite(value, where="result") -> None:
