@@ -7,6 +7,7 @@ code 2; results are written atomically, so a failed command leaves no partial fi
 from __future__ import annotations
 
 import functools
+import warnings
 
 import typer
 from rich.console import Console
@@ -18,12 +19,20 @@ err = Console(stderr=True, soft_wrap=True)   # messages are never broken mid-lin
 RESUMABLE_COMMANDS = ("train", "sweep")      # a rerun of the same command continues where it stopped
 
 
+def _warning_line(message, *_location) -> None:
+    """A warning is one `warning: ...` line on stderr, without Python's file and source lines."""
+    err.print(f"warning: {message}", highlight=False, markup=False)
+
+
 def user_errors(command):
-    """Run a command; a FuFastError becomes `error: ...` on stderr and exit code 2."""
+    """Run a command; a FuFastError becomes `error: ...` on stderr and exit code 2, Ctrl-C exit
+    code 130 with a line saying whether a rerun resumes, and each warning one `warning:` line."""
     @functools.wraps(command)
     def run(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            with warnings.catch_warnings():   # restores Python's own display afterwards
+                warnings.showwarning = _warning_line
+                return command(*args, **kwargs)
         except FuFastError as e:
             err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
             raise typer.Exit(2) from None

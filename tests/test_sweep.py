@@ -111,9 +111,15 @@ def test_sweep_runs_resumes_and_normalises(tmp_path):
     run_sweep(config, out, quiet=True, on_member=lambda m, e: events.append(e))
     assert set(events) == {"done before"}
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("analysis.json")}
-    # Another configuration in the same directory is refused.
-    with pytest.raises(FuFastError, match="different sweep"):
-        run_sweep(load_config(write(tmp_path, TINY.replace("trials = 2", "trials = 3"))), out, quiet=True)
+    # Another configuration is refused where it would change a member that is there, or drop a
+    # done one (tests/test_errors_sweep.py: a corrected one reuses the members it leaves alone).
+    record = (out / "sweep.json").read_text()
+    for change, message in [(("epochs = 2", "epochs = 3"), "holds a run with epochs=2, not 3"),
+                            (("repeats = 2", "repeats = 3"), "different sweep: .* analysed with repeats=2, not 3"),
+                            (("trials = 2", "trials = 1"), "different sweep .* not in this configuration")]:
+        with pytest.raises(FuFastError, match=message):
+            run_sweep(load_config(write(tmp_path, TINY.replace(*change))), out, quiet=True)
+    assert (out / "sweep.json").read_text() == record
 
 
 def test_shards_cover_the_sweep_and_normalise_once_the_4x_member_is_done(tmp_path):

@@ -78,22 +78,30 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
                           f"(schema {schema!r}, expected {SWEEP_SCHEMA!r})")
     members, missing = [], []
     for entry in record.get("members") or []:
-        try:
-            folder = sweep_dir / entry["dir"]
-            done = entry["status"] == "done" and (folder / "analysis.json").exists()
-            if not done:
-                missing.append(entry["id"])
-                continue
-            members.append(Member(entry["id"], entry["series"], entry["model"], float(entry["width"]),
-                                  int(entry["trial"]), dict(entry.get("variant") or {}),
-                                  _read_analysis(folder / "analysis.json"), _read_histograms(folder),
-                                  _read_json(folder / "run.json", None)))
-        except (KeyError, TypeError, ValueError) as e:
-            raise FuFastError(f"{sweep_dir / 'sweep.json'} has a malformed member entry ({e!r})") from None
+        folder, status, fields = _member_entry(sweep_dir, entry)
+        if status != "done" or not (folder / "analysis.json").exists():
+            missing.append(fields[0])
+            continue
+        # A damaged member file is named by its reader (AnalysisResult.load names analysis.json):
+        # the entry in sweep.json is fine.
+        members.append(Member(*fields, AnalysisResult.load(folder / "analysis.json"), _read_histograms(folder),
+                              _read_run(folder / "run.json")))
     if not members:
         raise FuFastError(f"{sweep_dir}: no member of the sweep is done yet "
                           f"({len(missing)} pending); nothing to report")
     return Sweep(sweep_dir, str(record.get("name", sweep_dir.name)), members, missing)
+
+
+def _member_entry(sweep_dir: Path, entry) -> tuple[Path, str, tuple]:
+    """A member entry of sweep.json: its folder (inside the sweep), status, and Member fields."""
+    try:
+        folder = sweep_dir / entry["dir"]
+        if not folder.resolve().is_relative_to(sweep_dir.resolve()):
+            raise ValueError(f"its dir {entry['dir']!r} lies outside the sweep")
+        return folder, entry["status"], (str(entry["id"]), str(entry["series"]), str(entry["model"]),
+                                         float(entry["width"]), int(entry["trial"]), dict(entry.get("variant") or {}))
+    except (KeyError, TypeError, ValueError) as e:
+        raise FuFastError(f"{sweep_dir / 'sweep.json'} has a malformed member entry ({_why(e)})") from None
 
 
 def _read_json(path: Path, missing_message: str | None):
@@ -108,16 +116,36 @@ def _read_json(path: Path, missing_message: str | None):
         raise FuFastError(f"cannot read {path}: {_one_line(e)}") from None
 
 
-def _read_analysis(path: Path) -> AnalysisResult:
-    try:
-        return AnalysisResult.from_dict(_read_json(path, None))
-    except (KeyError, TypeError, ValueError) as e:
-        raise FuFastError(f"{path} is not a readable fu-fast analysis document: {_one_line(e)}") from None
-
-
 def _read_histograms(folder: Path) -> dict:
-    document = _read_json(folder / "correlations.json", None) or {}
-    return {name: counts for name, counts in (document.get("layers") or {}).items() if counts and sum(counts) > 0}
+    path = folder / "correlations.json"
+    if not path.exists():
+        return {}
+    document = _read_json(path, None)
+    layers = document.get("layers") if isinstance(document, dict) else None
+    if not isinstance(layers, dict) or not all(
+            isinstance(counts, list) and all(_is_number(c) for c in counts) for counts in layers.values()):
+        raise FuFastError(f"{path} is not a readable correlations document: it needs layers, each a list of counts")
+    return {name: counts for name, counts in layers.items() if counts and sum(counts) > 0}
+
+
+def _read_run(path: Path) -> dict | None:
+    """run.json, as far as the report reads it: the epochs' accuracies and the best epoch."""
+    if not path.exists():
+        return None
+    run = _read_json(path, None)
+    if not (isinstance(run, dict) and isinstance(run.get("epochs", []), list)
+            and all(isinstance(e, dict) for e in run.get("epochs", []))):
+        raise FuFastError(f"{path} is not a readable run record: it needs an object with a list of epochs")
+    return run
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _why(error: Exception) -> str:
+    """What a KeyError, TypeError or ValueError says about a sweep.json entry, in words."""
+    return f"it lacks {error}" if isinstance(error, KeyError) else _one_line(error)
 
 
 def _one_line(error: Exception) -> str:

@@ -5,6 +5,6 @@
 """
 
 from .config import PRESETS, Member, SweepConfig, load_config
-from .runner import Shard, run_sweep
+from .runner import Shard, SweepWarning, run_sweep
 
-__all__ = ["PRESETS", "Member", "SweepConfig", "load_config", "Shard", "run_sweep"]
+__all__ = ["PRESETS", "Member", "SweepConfig", "load_config", "Shard", "SweepWarning", "run_sweep"]
