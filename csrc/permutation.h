@@ -1,4 +1,4 @@
-// Keyed permutation ranks: rank_r(u) of SPEC section 2.
+// Keyed permutation ranks: rank_r(u) of docs/definitions.md.
 //
 // rank(u) is a bijection on {0, ..., n-1} computed on the fly from a 64-bit key, so a
 // mask never has to be stored or drawn per batch: every backend and every batch size

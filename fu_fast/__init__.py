@@ -2,7 +2,7 @@
 
     import fu_fast
     result = fu_fast.analyze(model, data)      # one pass over the data
-    result.to_dict()                           # the JSON document of SPEC section 5
+    result.to_dict()                           # the JSON document of docs/result-format.md
     fu_fast.gain([0.25, 0.5, 1, 2, 4], values) # how a quantity grows with width
 """
 

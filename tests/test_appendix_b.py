@@ -2,7 +2,7 @@
 
 Appendix B of the paper argues that in an untrained network nothing singles out a width,
 so the expected number of prunable and of redundant units is proportional to the width
-(E[g] = 2, SPEC section 2's gain). PAPER.md ("Known-answer checks and their conditions")
+(E[g] = 2, the gain of docs/definitions.md). docs/definitions.md ("Known-answer checks")
 says this holds only under the argument's symmetry assumptions; these tests reproduce it
 under those conditions and check that breaking them shows the known deviations.
 All numbers below were measured on the 2-core CPU machine with this engine, except the
@@ -33,7 +33,7 @@ tolerance 0.2, 3 repeats, prunable units = max over repeats of p* times n):
   At 64 units the 20% flip point comes after ablating only about 6 units, and the mean
   prunable fraction falls slowly with width (0.092, 0.083, 0.078, 0.075, 0.072 for 64 to
   1,024 units; in a unit-resolution simulation with d = 16,384 it still falls from 0.082
-  at 128 to 0.072 at 1,024 units, so it is not an input-dimension effect). PAPER.md's 1.99 is within the spread of a single
+  at 128 to 0.072 at 1,024 units, so it is not an input-dimension effect). The paper's 1.99 is within the spread of a single
   draw but is not the expectation.
 * Measured with exactly this code, 10 independent seed sets (inputs and networks) of 16
   networks per width: zero biases g = 1.81-1.96 (mean 1.89, sd 0.04); default biases
@@ -54,7 +54,7 @@ Redundancy (PCA of the hidden ReLU layer, redundant = C - k):
   orthogonal). Either spread puts more than t_pca of the units below the (1 - t_pca)
   variance line, increasingly so at larger C, so g > 2. The paper's failing regime
   (8,000 samples, d = 4,096, widths 64-1,024, t_pca = 0.05) gives g = 2.40-2.43 here
-  (15 seeds; PAPER.md: 2.42).
+  (15 seeds; the paper: 2.42).
   With fixed data the bias shrinks only slowly: widths 32-256 at t_pca = 0.15 give
   2.24 (N = 8,000, d = 4,096), 2.15-2.17 (N = 16,384, d = 8,192; 13 seeds), 2.13
   (N = d = 16,384), 2.08 (N = d = 32,768, direct computation).
@@ -216,5 +216,5 @@ def test_untrained_redundant_gain_too_few_samples_deviates():
     x = _gaussian(8000, 4096, seed=5)
     counts = redundant_units(widths, lambda w: (x, 17 * w), 0.05, seed=0)
     g = fu_fast.gain(widths, counts)
-    # Measured 2.396-2.428 over 15 seeds (PAPER.md: 2.42).
+    # Measured 2.396-2.428 over 15 seeds (the paper: 2.42).
     assert g >= 2.3, f"g_red = {g:.3f}, redundant units {counts}"

@@ -5,7 +5,7 @@ compute exactly the same function:
   * zero-weight copy: the hidden units are duplicated and the copies' outgoing weights are 0;
   * weight balancing: the hidden units are duplicated, the original's outgoing weights get a
     class-dependent offset b_c and the copy's get -b_c (one shared offset would shift every
-    logit equally and change no label, PAPER.md).
+    logit equally and change no label; docs/definitions.md).
 Both add exactly h redundant units (the copies are linear combinations of the originals).
 Prunability is statistical: the zero-weight copy doubles the prunable units in expectation
 (mean curves over many repeats agree at every fraction p), and balancing with a large

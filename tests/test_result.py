@@ -1,4 +1,4 @@
-"""The result document (SPEC section 5), atomic writing, normalisation and the gain."""
+"""The result document (docs/result-format.md), atomic writing, normalisation and the gain."""
 
 import json
 import math

@@ -1,4 +1,4 @@
-"""The analysis engine: one module per concept of SPEC section 2."""
+"""The analysis engine: one module per concept of docs/definitions.md."""
 
 from .engine import analyze
 from .gain import gain

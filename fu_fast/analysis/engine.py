@@ -1,4 +1,4 @@
-"""The one pass over the data (SPEC section 2 and issue 2's design).
+"""The one pass over the data (docs/definitions.md; README, "How it is fast").
 
 Per batch:
   1. one unmasked forward: records the base labels y0 and feeds every analysed layer's

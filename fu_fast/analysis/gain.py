@@ -1,4 +1,4 @@
-"""The width gain g of SPEC section 2."""
+"""The width gain g of docs/definitions.md."""
 
 from __future__ import annotations
 

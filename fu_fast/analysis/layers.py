@@ -46,7 +46,7 @@ class Layer:
 
     @property
     def ablation_units(self) -> int:
-        """n of SPEC section 2: C*H*W for conv layers with unit=position, else C."""
+        """n of docs/definitions.md: C*H*W for conv layers with unit=position, else C."""
         return self.units * self.spatial if self.unit == "position" else self.units
 
     @property

@@ -1,4 +1,4 @@
-"""Ablation masks of SPEC section 2: keys per (seed, layer, repeat), thresholds per level.
+"""Ablation masks of docs/definitions.md: keys per (seed, layer, repeat), thresholds per level.
 
 A mask is the pair (key, threshold): the units with rank_key(u) < threshold are ablated
 (rank is the keyed permutation of csrc/permutation.h). Masks are never drawn or stored

@@ -1,4 +1,4 @@
-"""PCA redundancy and |r| correlations from an accumulated covariance (SPEC section 2)."""
+"""PCA redundancy and |r| correlations from an accumulated covariance (docs/definitions.md)."""
 
 from __future__ import annotations
 

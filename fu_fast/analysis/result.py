@@ -1,4 +1,4 @@
-"""AnalysisResult: the per-layer records and the JSON document of SPEC section 5."""
+"""AnalysisResult: the per-layer records and the JSON document of docs/result-format.md."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class LayerResult:
     reference_units: int | None = None
     reference_ablation_units: int | None = None
     # Counts of |r| over all pairs in HISTOGRAM_BINS bins on [0, 1]. Not part of the result
-    # document (SPEC section 5); a sweep keeps it beside it, for the violin plots.
+    # document (docs/result-format.md); a sweep keeps it beside it, for the violin plots.
     abs_r_histogram: list[int] | None = None
 
     @property
@@ -150,7 +150,7 @@ class AnalysisResult:
 
 
 def _check_finite(value, where="result") -> None:
-    """No NaN or infinity ever reaches a result document (SPEC section 2)."""
+    """No NaN or infinity ever reaches a result document (docs/definitions.md)."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"non-finite value at {where}")
     if isinstance(value, dict):

@@ -47,7 +47,7 @@ def compress(model: nn.Module, data, *, eval_data=None, layers=None, method: str
     ``data``) is where the report's agreement and accuracy are measured. Per layer:
 
     * refactor: keep the m' pivots of a column-pivoted QR of the centred activations, m' the
-      layer's PCA components at ``pca_tolerance`` (SPEC section 2), raised along the pivot
+      layer's PCA components at ``pca_tolerance`` (docs/definitions.md), raised along the pivot
       order only if the labels would otherwise leave the tolerance; fold the other units into
       the consumer (fu_fast.compress.refactor);
     * prune: drop the units a search finds removable, with ``search_method`` "greedy", "random"

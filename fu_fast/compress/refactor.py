@@ -10,7 +10,7 @@ is what W' = pinv(A') A W computes with centring: the consumer (y = W a + b) bec
     W'_S = W_S + W_D C^T,   b' = b + W_D d,
 
 and the dropped units' rows and columns go. It needs only the mean and covariance of A, so
-conv layers (positions as extra samples of a channel, as for redundancy in SPEC section 2)
+conv layers (positions as extra samples of a channel, as for redundancy in docs/definitions.md)
 cost no more than FC layers. The kept units are chosen by a column-pivoted QR of A_c, done
 as the pivoted Cholesky factorisation of A_c^T A_c (the same pivots in exact arithmetic, on
 an m x m matrix instead of samples x m): each step keeps the unit with the most variance

@@ -89,7 +89,7 @@ def greedy(ev: Evaluator, need: int) -> list[int]:
 
 @torch.no_grad()
 def random_ablation(ev: Evaluator, need: int, *, layer: str, repeats: int, seed: int) -> list[int]:
-    """Units to drop: for each repeat, the keyed random order of the analysis (SPEC section 2,
+    """Units to drop: for each repeat, the keyed random order of the analysis (docs/definitions.md,
     fu_fast.analysis.masks) and the longest prefix of it whose ablation keeps agreement at least
     ``need`` (bisection over the nested prefixes); the repeat that drops the most wins."""
     units = ev.weight.shape[1]

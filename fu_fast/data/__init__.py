@@ -42,13 +42,13 @@ def names() -> list:
 
 
 def splits(name: str) -> tuple:
-    """The splits a data set has: synthetic data has no validation split (PAPER.md)."""
+    """The splits a data set has: synthetic data has no validation split (docs/models-and-training.md)."""
     return ("train", "test") if name == "synthetic" else SPLITS
 
 
 def load(name: str, split: str, *, data_dir=None, random_labels: bool = False, seed: int = 0,
          augment: bool = False, input_dim: int = 10, image_size=None) -> Dataset:
-    """One split of a data set, with `num_classes` and `info` (SPEC section 5) attached."""
+    """One split of a data set, with `num_classes` and `info` (docs/result-format.md) attached."""
     if name not in NAMES:
         raise FuFastError(f"unknown data set {name!r}; choose one of {', '.join(NAMES)}")
     if split not in SPLITS:

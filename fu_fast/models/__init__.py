@@ -1,4 +1,4 @@
-"""The paper's models with a width factor (PAPER.md, "Models at 1x").
+"""The paper's models with a width factor (docs/models-and-training.md).
 
     from fu_fast import models
     models.names()                            # mlp, alexnet, resnet56, resnet18, inception_v3, ...

@@ -8,7 +8,7 @@ from ..errors import FuFastError
 def scaled(base: int, width: float) -> int:
     """Units (features or filters) of a layer that has ``base`` units at width 1.
 
-    ``round(base * width)``; a width that rounds a layer down to no units is refused (SPEC 4:
+    ``round(base * width)``; a width that rounds a layer down to no units is refused (docs/models-and-training.md:
     "a width below the smallest that leaves one unit" is a user error) rather than silently
     given one unit, which would break the proportional scaling the analysis relies on.
     """

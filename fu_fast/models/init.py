@@ -1,4 +1,4 @@
-"""Weight initialisations (PAPER.md: Glorot, He, LeCun, each normal or uniform, a Gaussian of a
+"""Weight initialisations (docs/models-and-training.md: Glorot, He, LeCun, each normal or uniform, a Gaussian of a
 given std, a truncated normal, and torchvision's ResNet initialisation).
 
 A scheme is a string:

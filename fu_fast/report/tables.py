@@ -1,8 +1,8 @@
 """The report's numbers: a sweep directory read into series, trial statistics, gains, markdown.
 
-Every number comes from the members' analysis.json documents (SPEC section 5). A series is
-reported normalised (each layer divided by the same layer of the series' 4x member, SPEC
-section 2) when every one of its documents carries reference units; otherwise the whole
+Every number comes from the members' analysis.json documents (docs/result-format.md). A series is
+reported normalised (each layer divided by the same layer of the series' 4x member,
+docs/definitions.md) when every one of its documents carries reference units; otherwise the whole
 series falls back to plain unit counts, and is labelled so: the two are never mixed
 within a series.
 """

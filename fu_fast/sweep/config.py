@@ -80,9 +80,9 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,:=+-]*")
 _LONGEST_NAME = 96
 _PAPER_WIDTHS = [0.25, 0.5, 1.0, 2.0, 4.0]
 
-# The paper's experiments (PAPER.md). Data-set presets need --data-dir.
+# The paper's experiments (docs/sweep-format.md, Presets). Data-set presets need --data-dir.
 PRESETS: dict[str, dict] = {
-    # The learning rate is the best of a small grid per input dimension (PAPER.md): 0.05
+    # The learning rate is the best of a small grid per input dimension (docs/models-and-training.md): 0.05
     # diverges with 10,000-dimensional inputs, 0.01 does not.
     "mlp-synthetic": {
         "description": "MLP on synthetic teacher data, 10 and 10,000 input dimensions, init std 0.01, 0.1 "

@@ -4,7 +4,7 @@ A member is done when its analysis.json exists (written atomically, last) and re
 analysis document, so a sweep run again skips finished members, resumes an interrupted
 training from its checkpoint, redoes a damaged analysis (with one warning line; the training
 is kept), and redoes nothing else. `--shard I/N` runs the members whose index is I modulo N,
-so N jobs of an array cover the sweep once. Normalisation (SPEC section 2: each layer divided
+so N jobs of an array cover the sweep once. Normalisation (docs/definitions.md: each layer divided
 by the same layer of the series' 4x member) is applied to every done member of a series as
 soon as the 4x member of that series is done, by whichever job gets there.
 
@@ -147,7 +147,7 @@ def is_done(out_dir: Path, member: Member) -> bool:
 
 
 def normalize_series(out_dir: Path, members: list[Member], series: str) -> None:
-    """Divide every done member of ``series`` by its 4x member (SPEC section 2), once known."""
+    """Divide every done member of ``series`` by its 4x member (docs/definitions.md), once known."""
     done = [(m, done_analysis(out_dir, m)) for m in members if m.series == series]
     done = [(m, result) for m, result in done if result is not None]
     reference = next((result for m, result in done if m.width == REFERENCE_WIDTH), None)

@@ -1,4 +1,4 @@
-"""Training settings: the paper's per-model defaults (PAPER.md, "Training"), every one overridable.
+"""Training settings: the paper's per-model defaults (docs/models-and-training.md), every one overridable.
 
 A TrainConfig holds what the user asked for; ``resolve`` fills in the model's defaults and
 applies the batch/learning-rate factor k, and the resolved values are what a run records.
@@ -13,7 +13,7 @@ from ..errors import FuFastError
 
 OPTIMIZERS = ("sgd_momentum", "sgd", "adam", "rmsprop")
 
-# Per model: the PAPER.md table. Schedules use the grammar of fu_fast.train.optim.
+# Per model: the table of docs/models-and-training.md. Schedules use the grammar of fu_fast.train.optim.
 # epochs for AlexNet is a ceiling: the paper stops early on the validation split.
 MODEL_DEFAULTS: dict[str, dict] = {
     "mlp": dict(data="synthetic", optimizer="sgd_momentum", lr=0.05, schedule="constant", batch_size=32,
@@ -25,8 +25,8 @@ MODEL_DEFAULTS: dict[str, dict] = {
     "resnet18": dict(data="imagenet", optimizer="sgd_momentum", lr=0.1, schedule="step:30,60,80", batch_size=256,
                      epochs=90, weight_decay=1e-4, augment=True, patience=None),
     # Inception-v3: RMSProp with TF's settings (decay 0.9, momentum 0.9, epsilon 1.0), 0.045
-    # decayed by 0.94 every 2 epochs (PAPER.md: "0.045-style, x0.96 every 2 epochs equivalent";
-    # we keep Szegedy et al.'s 0.94 and record it in every run).
+    # decayed by 0.94 every 2 epochs: Szegedy et al.'s schedule, which the paper's 0.045 start
+    # follows; docs/models-and-training.md says how the paper's own text differs.
     "inception_v3": dict(data="imagenet", optimizer="rmsprop", lr=0.045, schedule="exp:0.94/2", batch_size=256,
                          epochs=90, weight_decay=4e-5, augment=True, patience=None),
 }
@@ -98,9 +98,9 @@ class TrainConfig:
         if self.model in IMAGE_SIZES:
             resolved.model_options.setdefault("input_size", IMAGE_SIZES[self.model])
         if resolved.random_labels and resolved.augment:
-            # PAPER.md: the random-label variant trains without augmentation.
+            # The paper: the random-label variant trains without augmentation.
             if self.augment:
-                raise FuFastError("random labels are trained without augmentation (PAPER.md); drop --augment")
+                raise FuFastError("random labels are trained without augmentation, as in the paper; drop --augment")
             resolved.augment = False
         _check(resolved)
         models.default_options(resolved.model)   # raises for a model the registry does not know

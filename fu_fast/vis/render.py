@@ -2,7 +2,7 @@
 
 An image is parameterised by its colour-decorrelated, 1/frequency-scaled Fourier spectrum and
 optimised with Adam to maximise the post-ReLU activation of one unit, seen through random
-padding, jitter, scaling and rotation (PAPER.md, "Interpretability experiment"). Several units
+padding, jitter, scaling and rotation (docs/definitions.md, the Table 2 test). Several units
 are optimised at once as a batch, one image per unit; images never interact (the model runs in
 eval mode, so batch norm uses its running statistics), so a unit's image does not depend on which
 other units share its batch except through the random draws.

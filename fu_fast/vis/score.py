@@ -1,11 +1,11 @@
-"""Total variation of visualised images, in pixel and in frequency space (PAPER.md, Table 2).
+"""Total variation of visualised images, in pixel and in frequency space (the paper's Table 2; docs/definitions.md).
 
 Pixel space, for an image x of shape (C, H, W) with values in [0, 1]:
 
     TV(x) = sum_c [ sum_{i<H-1, j} |x[c,i+1,j] - x[c,i,j]| + sum_{i, j<W-1} |x[c,i,j+1] - x[c,i,j]| ]
 
 (anisotropic, summed over channels; the paper's formula read as a sum of absolute differences,
-not the absolute value of a telescoping sum, see PAPER.md).
+not the absolute value of a telescoping sum, see docs/definitions.md).
 
 Frequency space: the same TV of the magnitude spectrum M, per channel
 M[c] = |fftshift(fft2(x[c]))| with the orthonormal DFT (so ||M[c]||_2 = ||x[c]||_2) and fftshift

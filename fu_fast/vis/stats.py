@@ -1,4 +1,4 @@
-"""One-sided rank-based permutation test of two samples (PAPER.md, Table 2).
+"""One-sided rank-based permutation test of two samples (the paper's Table 2; docs/definitions.md).
 
 Statistic: the Mann-Whitney U of the first sample, U = R - n1(n1+1)/2 with R the sum of its
 ranks in the pooled sample (ties get their average rank). Under the null hypothesis the pooled
