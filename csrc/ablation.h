@@ -50,7 +50,6 @@ void label_agreement_cpu(const void* logits, DType dtype, int64_t num_masks, int
 // CUDA twins (csrc/cuda/ablation_cuda.cu): every pointer, keys and thresholds included, is
 // device memory; the work is queued on `stream` (PyTorch's current cudaStream_t) and not
 // waited for.
-void permutation_ranks_cuda(uint64_t key, int64_t n, int64_t* ranks, void* stream);
 void expand_masked_cuda(const void* src, void* dst, int64_t batch, RowLayout layout, int elem_size,
                         MaskSpec masks, void* stream);
 // counts: num_masks int64 counters in device memory, added to as on the CPU.

@@ -3,7 +3,14 @@
 // Tensors cross as (data pointer, shape, strides) integers: the module never links
 // libtorch, so one build serves every torch version. fu_fast/kernels.py is the only
 // caller; it checks devices, dtypes and contiguity before a pointer reaches this file.
+//
+// One binding per kernel (pytorch_scatter's pattern): without `stream` it runs the CPU kernel
+// on host memory; with `stream` (PyTorch's current cudaStream_t, as an integer) it queues the
+// CUDA twin on device memory, and is refused by a build without CUDA.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
 
 #include <stdexcept>
 #include <string>
@@ -27,6 +34,13 @@
 namespace py = pybind11;
 using namespace fu_fast;
 
+// The CUDA twin's call where it is compiled in; elsewhere the refusal.
+#ifdef FU_FAST_WITH_CUDA
+#define FU_FAST_CUDA_TWIN(call) call
+#else
+#define FU_FAST_CUDA_TWIN(call) throw std::invalid_argument("this build of fu_fast._C has no CUDA kernels")
+#endif
+
 namespace {
 
 template <typename T>
@@ -46,6 +60,10 @@ RowLayout row_layout(int64_t batch, int64_t units, int64_t inner, int64_t channe
           "expand_masked: a channels_last row must hold channels * spatial elements");
   return RowLayout{units, inner, channels, spatial, channels_last};
 }
+
+using Stream = std::optional<uintptr_t>;
+
+[[maybe_unused]] void* as_stream(uintptr_t stream) { return reinterpret_cast<void*>(stream); }
 
 DType as_dtype(int code) {
   require(code >= 0 && code <= 3, "unknown dtype code");
@@ -79,26 +97,37 @@ py::dict build_info() {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fu-fast native core: keyed permutations, masked expansion, label agreement, "
-            "streaming covariance (pointers in, no libtorch).";
+            "streaming covariance (pointers in, no libtorch; CPU kernels, and CUDA twins given a stream).";
 
   m.def("build_info", &build_info, "Version, compiled backends, CUDA and OpenMP facts.");
+#ifdef FU_FAST_WITH_CUDA
+  m.attr("cuda_compiled") = true;
+#else
+  m.attr("cuda_compiled") = false;
+#endif
 
+  // The CPU kernels release the GIL (they run for milliseconds); launching a CUDA kernel takes
+  // microseconds and keeps it.
   m.def(
       "permutation_ranks",
-      [](uint64_t key, int64_t n, uintptr_t ranks) {
+      [](uint64_t key, int64_t n, uintptr_t ranks, Stream stream) {
         require(n >= 1, "permutation_ranks: n must be >= 1");
         auto* out = as_pointer<int64_t>(ranks, "ranks");
-        py::gil_scoped_release release;
-        permutation_ranks_cpu(key, n, out);
+        if (!stream) {
+          py::gil_scoped_release release;
+          permutation_ranks_cpu(key, n, out);
+          return;
+        }
+        FU_FAST_CUDA_TWIN(permutation_ranks_cuda(key, n, out, as_stream(*stream)));
       },
-      py::arg("key"), py::arg("n"), py::arg("ranks"),
+      py::arg("key"), py::arg("n"), py::arg("ranks"), py::arg("stream") = py::none(),
       "ranks[u] = rank_key(u) for u < n (int64 buffer of n).");
 
   m.def(
       "expand_masked",
       [](uintptr_t src, uintptr_t dst, int64_t batch, int64_t units, int64_t inner, int64_t channels,
          int64_t spatial, bool channels_last, int elem_size, uintptr_t keys, uintptr_t thresholds,
-         int64_t num_masks) {
+         int64_t num_masks, Stream stream) {
         const RowLayout layout = row_layout(batch, units, inner, channels, spatial, channels_last, num_masks);
         require(elem_size == 2 || elem_size == 4 || elem_size == 8,
                 "expand_masked: element size must be 2, 4 or 8 bytes");
@@ -106,109 +135,68 @@ PYBIND11_MODULE(_C, m) {
                        as_pointer<const int64_t>(thresholds, "thresholds"), num_masks};
         const void* in = as_pointer<const void>(src, "src");
         void* out = as_pointer<void>(dst, "dst");
-        py::gil_scoped_release release;
-        expand_masked_cpu(in, out, batch, layout, elem_size, masks);
+        if (!stream) {
+          py::gil_scoped_release release;
+          expand_masked_cpu(in, out, batch, layout, elem_size, masks);
+          return;
+        }
+        FU_FAST_CUDA_TWIN(expand_masked_cuda(in, out, batch, layout, elem_size, masks, as_stream(*stream)));
       },
       py::arg("src"), py::arg("dst"), py::arg("batch"), py::arg("units"), py::arg("inner"),
       py::arg("channels"), py::arg("spatial"), py::arg("channels_last"), py::arg("elem_size"),
-      py::arg("keys"), py::arg("thresholds"), py::arg("num_masks"),
+      py::arg("keys"), py::arg("thresholds"), py::arg("num_masks"), py::arg("stream") = py::none(),
       "num_masks masked copies of [batch, units * inner] rows (channels_last: NHWC rows).");
 
   m.def(
       "label_agreement",
       [](uintptr_t logits, int dtype, int64_t num_masks, int64_t batch, int64_t classes,
-         int64_t row_stride, uintptr_t base_labels, uintptr_t counts) {
+         int64_t row_stride, uintptr_t base_labels, uintptr_t counts, Stream stream) {
         require(num_masks >= 1 && batch >= 1 && classes >= 1 && row_stride >= classes,
                 "label_agreement: bad sizes");
         const void* in = as_pointer<const void>(logits, "logits");
         const auto* base = as_pointer<const int64_t>(base_labels, "base_labels");
         auto* out = as_pointer<int64_t>(counts, "counts");
         const DType type = as_dtype(dtype);
-        py::gil_scoped_release release;
-        label_agreement_cpu(in, type, num_masks, batch, classes, row_stride, base, out);
+        if (!stream) {
+          py::gil_scoped_release release;
+          label_agreement_cpu(in, type, num_masks, batch, classes, row_stride, base, out);
+          return;
+        }
+        FU_FAST_CUDA_TWIN(label_agreement_cuda(in, type, num_masks, batch, classes, row_stride, base, out,
+                                               as_stream(*stream)));
       },
       py::arg("logits"), py::arg("dtype"), py::arg("num_masks"), py::arg("batch"),
-      py::arg("classes"), py::arg("row_stride"), py::arg("base_labels"), py::arg("counts"));
+      py::arg("classes"), py::arg("row_stride"), py::arg("base_labels"), py::arg("counts"),
+      py::arg("stream") = py::none(),
+      "counts[k] += rows of mask k whose argmax is the base label (counts: num_masks int64).");
 
   m.def(
       "covariance_accumulate",
       [](uintptr_t data, int dtype, int64_t batch, int64_t channels, int64_t spatial,
          int64_t stride_batch, int64_t stride_channel, int64_t stride_spatial, uintptr_t rows,
-         int64_t num_rows, uintptr_t count, uintptr_t mean, uintptr_t comoment) {
+         int64_t num_rows, uintptr_t count, uintptr_t mean, uintptr_t comoment, uintptr_t workspace,
+         Stream stream) {
         require(batch >= 1 && channels >= 1 && spatial >= 1 && num_rows >= 0,
                 "covariance_accumulate: bad sizes");
-        ActivationView view{as_pointer<const void>(data, "activation"), as_dtype(dtype), batch,
-                            channels, spatial, stride_batch, stride_channel, stride_spatial};
-        MomentState state{as_pointer<double>(count, "count"), as_pointer<double>(mean, "mean"),
-                          as_pointer<double>(comoment, "comoment"), channels};
-        const int64_t* row_index = num_rows > 0 ? as_pointer<const int64_t>(rows, "rows") : nullptr;
-        py::gil_scoped_release release;
-        covariance_accumulate_cpu(view, row_index, num_rows, state);
-      },
-      py::arg("data"), py::arg("dtype"), py::arg("batch"), py::arg("channels"), py::arg("spatial"),
-      py::arg("stride_batch"), py::arg("stride_channel"), py::arg("stride_spatial"),
-      py::arg("rows"), py::arg("num_rows"), py::arg("count"), py::arg("mean"),
-      py::arg("comoment"));
-
-#ifdef FU_FAST_WITH_CUDA
-  // CUDA twins: the same arguments plus the stream (PyTorch's current stream, as an
-  // integer); every pointer is device memory. The kernels are queued, not waited for, so
-  // the GIL is kept: launching takes microseconds.
-  m.def(
-      "permutation_ranks_cuda",
-      [](uint64_t key, int64_t n, uintptr_t ranks, uintptr_t stream) {
-        require(n >= 1, "permutation_ranks_cuda: n must be >= 1");
-        permutation_ranks_cuda(key, n, as_pointer<int64_t>(ranks, "ranks"), reinterpret_cast<void*>(stream));
-      },
-      py::arg("key"), py::arg("n"), py::arg("ranks"), py::arg("stream"));
-
-  m.def(
-      "expand_masked_cuda",
-      [](uintptr_t src, uintptr_t dst, int64_t batch, int64_t units, int64_t inner, int64_t channels,
-         int64_t spatial, bool channels_last, int elem_size, uintptr_t keys, uintptr_t thresholds,
-         int64_t num_masks, uintptr_t stream) {
-        const RowLayout layout = row_layout(batch, units, inner, channels, spatial, channels_last, num_masks);
-        MaskSpec masks{as_pointer<const uint64_t>(keys, "keys"),
-                       as_pointer<const int64_t>(thresholds, "thresholds"), num_masks};
-        expand_masked_cuda(as_pointer<const void>(src, "src"), as_pointer<void>(dst, "dst"), batch, layout,
-                           elem_size, masks, reinterpret_cast<void*>(stream));
-      },
-      py::arg("src"), py::arg("dst"), py::arg("batch"), py::arg("units"), py::arg("inner"),
-      py::arg("channels"), py::arg("spatial"), py::arg("channels_last"), py::arg("elem_size"),
-      py::arg("keys"), py::arg("thresholds"), py::arg("num_masks"), py::arg("stream"));
-
-  m.def(
-      "label_agreement_cuda",
-      [](uintptr_t logits, int dtype, int64_t num_masks, int64_t batch, int64_t classes,
-         int64_t row_stride, uintptr_t base_labels, uintptr_t counts, uintptr_t stream) {
-        require(num_masks >= 1 && batch >= 1 && classes >= 1 && row_stride >= classes,
-                "label_agreement_cuda: bad sizes");
-        label_agreement_cuda(as_pointer<const void>(logits, "logits"), as_dtype(dtype), num_masks, batch,
-                             classes, row_stride, as_pointer<const int64_t>(base_labels, "base_labels"),
-                             as_pointer<int64_t>(counts, "counts"), reinterpret_cast<void*>(stream));
-      },
-      py::arg("logits"), py::arg("dtype"), py::arg("num_masks"), py::arg("batch"), py::arg("classes"),
-      py::arg("row_stride"), py::arg("base_labels"), py::arg("counts"), py::arg("stream"));
-
-  m.def(
-      "covariance_accumulate_cuda",
-      [](uintptr_t data, int dtype, int64_t batch, int64_t channels, int64_t spatial,
-         int64_t stride_batch, int64_t stride_channel, int64_t stride_spatial, uintptr_t rows,
-         int64_t num_rows, uintptr_t count, uintptr_t mean, uintptr_t comoment, uintptr_t workspace,
-         uintptr_t stream) {
-        require(batch >= 1 && channels >= 1 && spatial >= 1 && num_rows >= 0,
-                "covariance_accumulate_cuda: bad sizes");
         if (num_rows == 0) return;
         ActivationView view{as_pointer<const void>(data, "activation"), as_dtype(dtype), batch,
                             channels, spatial, stride_batch, stride_channel, stride_spatial};
         MomentState state{as_pointer<double>(count, "count"), as_pointer<double>(mean, "mean"),
                           as_pointer<double>(comoment, "comoment"), channels};
-        covariance_accumulate_cuda(view, as_pointer<const int64_t>(rows, "rows"), num_rows, state,
-                                   as_pointer<double>(workspace, "workspace"), reinterpret_cast<void*>(stream));
+        const auto* row_index = as_pointer<const int64_t>(rows, "rows");
+        if (!stream) {
+          py::gil_scoped_release release;
+          covariance_accumulate_cpu(view, row_index, num_rows, state);
+          return;
+        }
+        FU_FAST_CUDA_TWIN(covariance_accumulate_cuda(view, row_index, num_rows, state,
+                                                     as_pointer<double>(workspace, "workspace"),
+                                                     as_stream(*stream)));
       },
       py::arg("data"), py::arg("dtype"), py::arg("batch"), py::arg("channels"), py::arg("spatial"),
       py::arg("stride_batch"), py::arg("stride_channel"), py::arg("stride_spatial"),
       py::arg("rows"), py::arg("num_rows"), py::arg("count"), py::arg("mean"),
-      py::arg("comoment"), py::arg("workspace"), py::arg("stream"));
-#endif
+      py::arg("comoment"), py::arg("workspace") = 0, py::arg("stream") = py::none(),
+      "Merge the sampled rows of an activation into float64 running moments (Chan et al.); the CUDA "
+      "twin needs a workspace of channels + channels^2 doubles.");
 }

@@ -74,6 +74,11 @@ FU_FAST_HD int64_t permutation_rank(int64_t u, const PermutationKey& p) {
 #if !defined(__CUDACC_RTC__)  // host entry points; NVRTC compiles device code only
 // ranks[u] = rank(u) for u in [0, n).
 void permutation_ranks_cpu(uint64_t key, int64_t n, int64_t* ranks);
+
+#ifdef FU_FAST_WITH_CUDA
+// CUDA twin (csrc/cuda/ablation_cuda.cu): ranks in device memory, queued on `stream`.
+void permutation_ranks_cuda(uint64_t key, int64_t n, int64_t* ranks, void* stream);
+#endif
 #endif
 
 }  // namespace fu_fast

@@ -3,8 +3,8 @@
 through cupy's RawModule, so a CPU-built wheel still has the GPU path where cupy and a GPU
 are present.
 
-The entry points have the names and arguments of fu_fast._C's CUDA twins, so
-fu_fast.kernels calls either the same way; the launch geometry mirrors the host launchers
+The entry points have the names and arguments of fu_fast._C's kernels called with a stream,
+so fu_fast.kernels calls either the same way; the launch geometry mirrors the host launchers
 of the .cu files (which NVRTC does not compile). Pointers travel as 64-bit integers, as
 they do through the pybind11 binding.
 """
@@ -112,11 +112,11 @@ class CupyKernels:
         with self._cupy.cuda.ExternalStream(stream):
             kernel(grid, (THREADS,), args)
 
-    def permutation_ranks_cuda(self, key, n, ranks, stream):
+    def permutation_ranks(self, key, n, ranks, *, stream):
         self._launch(self._ranks, (_blocks(n),), (np.uint64(key), np.int64(n), _ptr(ranks)), stream)
 
-    def expand_masked_cuda(self, src, dst, batch, units, inner, channels, spatial, channels_last, elem_size,
-                           keys, thresholds, num_masks, stream):
+    def expand_masked(self, src, dst, batch, units, inner, channels, spatial, channels_last, elem_size, keys,
+                      thresholds, num_masks, *, stream):
         # The checks of the C++ launcher (expand_masked_cuda in ablation_cuda.cu).
         if num_masks > 65535:
             raise ValueError("expand_masked_cuda: at most 65535 masks per call")
@@ -130,14 +130,14 @@ class CupyKernels:
                 np.int64(spatial), np.int32(bool(channels_last)), np.int32(elem_size), _ptr(keys), _ptr(thresholds))
         self._launch(kernel, (_blocks(work), num_masks), args, stream)
 
-    def label_agreement_cuda(self, logits, dtype, num_masks, batch, classes, row_stride, base_labels, counts,
-                             stream):
+    def label_agreement(self, logits, dtype, num_masks, batch, classes, row_stride, base_labels, counts, *,
+                        stream):
         args = (_ptr(logits), np.int32(dtype), np.int64(num_masks), np.int64(batch), np.int64(classes),
                 np.int64(row_stride), _ptr(base_labels), _ptr(counts))
         self._launch(self._agreement, (_blocks(num_masks * batch * 32),), args, stream)
 
-    def covariance_accumulate_cuda(self, data, dtype, batch, channels, spatial, stride_batch, stride_channel,
-                                   stride_spatial, rows, num_rows, count, mean, comoment, workspace, stream):
+    def covariance_accumulate(self, data, dtype, batch, channels, spatial, stride_batch, stride_channel,
+                              stride_spatial, rows, num_rows, count, mean, comoment, *, workspace, stream):
         if num_rows == 0:
             return
         if channels > _TILE * 65535:    # the tile grid's y dimension

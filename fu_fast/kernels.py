@@ -74,7 +74,7 @@ def compiled_version() -> str:
 
 def cuda_kernels_compiled() -> bool:
     """Whether this build of fu_fast._C holds the CUDA kernels."""
-    return hasattr(_C, "expand_masked_cuda")
+    return bool(getattr(_C, "cuda_compiled", False))
 
 
 def cuda_version_text(version: int) -> str:
@@ -193,7 +193,7 @@ def _known_answer(backend: str, device: torch.device) -> None:
 
 
 def _entry_points(backend: str | None, tensor: torch.Tensor):
-    """The object holding the CUDA entry points (fu_fast._C or the cupy module) for a tensor
+    """The object whose kernels take a stream (fu_fast._C or the cupy module) for a tensor
     on a GPU, or None when the kernels run as PyTorch references (CPU tensors are not asked)."""
     backend = backend or gpu_backend(tensor.device)
     if backend not in BACKEND_NAMES:
@@ -206,13 +206,13 @@ def _entry_points(backend: str | None, tensor: torch.Tensor):
     return None
 
 
-def _launch(cuda, entry: str, tensor: torch.Tensor, *args) -> None:
+def _launch(cuda, entry: str, tensor: torch.Tensor, *args, **kwargs) -> None:
     """Queue a CUDA entry point on the current stream of tensor's GPU, with that GPU current
     (a stream can only take work from its own device). A launch that fails is a KernelError,
     so it is never mistaken for a failure of the model whose hook called it."""
     with torch.cuda.device(tensor.device):
         try:
-            getattr(cuda, entry)(*args, torch.cuda.current_stream(tensor.device).cuda_stream)
+            getattr(cuda, entry)(*args, **kwargs, stream=torch.cuda.current_stream(tensor.device).cuda_stream)
         except Exception as e:
             raise KernelError(f"the GPU kernel {entry} failed on {tensor.device}: {_first_line(e)}") from None
 
@@ -254,7 +254,7 @@ def permutation_ranks(key: int, n: int, device: torch.device | str = "cpu", *,
     if cuda is None:
         ranks.copy_(torch.from_numpy(reference.permutation_ranks(key, n)))
     else:
-        _launch(cuda, "permutation_ranks_cuda", ranks, key, n, ranks.data_ptr())
+        _launch(cuda, "permutation_ranks", ranks, key, n, ranks.data_ptr())
     return ranks
 
 
@@ -296,7 +296,7 @@ def expand_masked(x: torch.Tensor, keys: list[int], thresholds: list[int], inner
     args = (src.data_ptr(), out.data_ptr(), batch, units, inner, channels, spatial, channels_last,
             x.element_size(), masks.data_ptr(), masks[num_masks:].data_ptr(), num_masks)
     if cuda is not None:
-        _launch(cuda, "expand_masked_cuda", x, *args)
+        _launch(cuda, "expand_masked", x, *args)
     else:
         _C.expand_masked(*args)
     return out
@@ -325,7 +325,7 @@ def label_agreement(logits: torch.Tensor, base_labels: torch.Tensor, num_masks: 
     args = (logits.data_ptr(), code, num_masks, batch, logits.shape[1], logits.stride(0),
             base.data_ptr(), counts.data_ptr())
     if cuda is not None:
-        _launch(cuda, "label_agreement_cuda", logits, *args)
+        _launch(cuda, "label_agreement", logits, *args)
     else:
         _C.label_agreement(*args)
     return counts
@@ -365,6 +365,6 @@ def covariance_accumulate(activation: torch.Tensor, rows: torch.Tensor, count: t
     if cuda is not None:
         # The batch's mean and co-moment: scratch from PyTorch's caching allocator.
         workspace = torch.empty(channels + channels * channels, dtype=torch.float64, device=activation.device)
-        _launch(cuda, "covariance_accumulate_cuda", activation, *args, workspace.data_ptr())
+        _launch(cuda, "covariance_accumulate", activation, *args, workspace=workspace.data_ptr())
     else:
         _C.covariance_accumulate(*args)

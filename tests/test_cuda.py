@@ -30,11 +30,10 @@ class FakeCompiledModule:
         self.status = {"cuda_runtime_version": runtime, "cuda_driver_version": driver, "cuda_devices": devices,
                        "cuda_error": error, "version": fu_fast.__version__}
 
+    cuda_compiled = True
+
     def build_info(self):
         return dict(self.status)
-
-    def expand_masked_cuda(self, *args):
-        raise AssertionError("not launched in these tests")
 
 
 @pytest.fixture
@@ -189,11 +188,11 @@ def test_cupy_cache_key_holds_every_header(monkeypatch, tmp_path):
 def test_cupy_launcher_checks_what_the_compiled_launcher_checks():
     jit = object.__new__(cupy_kernels.CupyKernels)     # its checks come before any cupy call
     with pytest.raises(ValueError, match="element size must be 2, 4 or 8 bytes"):
-        jit.expand_masked_cuda(16, 16, 1, 4, 1, 4, 1, False, 3, 16, 16, 1, 0)
+        jit.expand_masked(16, 16, 1, 4, 1, 4, 1, False, 3, 16, 16, 1, stream=0)
     with pytest.raises(ValueError, match="at most 65535 masks"):
-        jit.expand_masked_cuda(16, 16, 1, 4, 1, 4, 1, False, 4, 16, 16, 65536, 0)
+        jit.expand_masked(16, 16, 1, 4, 1, 4, 1, False, 4, 16, 16, 65536, stream=0)
     with pytest.raises(ValueError, match="too many channels"):
-        jit.covariance_accumulate_cuda(16, 0, 1, 32 * 65536, 1, 1, 1, 0, 16, 1, 16, 16, 16, 16, 0)
+        jit.covariance_accumulate(16, 0, 1, 32 * 65536, 1, 1, 1, 0, 16, 1, 16, 16, 16, workspace=16, stream=0)
 
 
 @pytest.mark.parametrize("source, kernels_expected", [

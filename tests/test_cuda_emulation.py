@@ -1,6 +1,6 @@
 """The CUDA sources of csrc/cuda, unmodified, run on the CPU under an emulated CUDA runtime
-(tests/cuda_emulation): the real launchers and kernels, reached through the real *_cuda entry
-points of csrc/bindings.cpp with host pointers as device memory and stream 0, against the CPU
+(tests/cuda_emulation): the real launchers and kernels, reached through the real bindings of
+csrc/bindings.cpp called with a stream (stream 0) and host pointers as device memory, against the CPU
 kernels of fu_fast._C (byte for byte where the contract says so) and the float64 references of
 fu_fast.reference, on fresh random inputs.
 
@@ -30,7 +30,7 @@ BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}   # element size -> inte
 
 
 class Emulator:
-    """The emulated module (its *_cuda entry points) and the emulator's controls."""
+    """The emulated module (its kernels called with a stream run the CUDA twins) and the emulator's controls."""
 
     def __init__(self, built: emulation.Build):
         spec = importlib.util.spec_from_file_location("fu_fast_cuda_emulation._C", built.library)
@@ -129,7 +129,7 @@ def test_build_info_reports_the_emulated_device_and_clears_the_error_it_meets(em
     assert (info["cuda_devices"], info["cuda_error"]) == (0, "no CUDA-capable device is detected")
     # cuda_status() cleared the error cudaGetDeviceCount left, or this launch's check would raise it.
     ranks = torch.empty(5, dtype=torch.int64)
-    emu.module.permutation_ranks_cuda(1, 5, ranks.data_ptr(), 0)
+    emu.module.permutation_ranks(1, 5, ranks.data_ptr(), stream=0)
     np.testing.assert_array_equal(ranks.numpy(), reference.permutation_ranks(1, 5))
 
 
@@ -143,8 +143,8 @@ def test_only_the_synchronising_kernels_get_a_thread_per_cuda_thread(emu):
     # ... and the launches carry that decision.
     counts = torch.zeros(1, dtype=torch.int64)
     logits, base = torch.zeros(1, 3), torch.zeros(1, dtype=torch.int64)
-    emu.module.label_agreement_cuda(logits.data_ptr(), 0, 1, 1, 3, 3, base.data_ptr(), counts.data_ptr(), 0)
-    emu.module.permutation_ranks_cuda(1, 3, counts.data_ptr(), 0)
+    emu.module.label_agreement(logits.data_ptr(), 0, 1, 1, 3, 3, base.data_ptr(), counts.data_ptr(), stream=0)
+    emu.module.permutation_ranks(1, 3, counts.data_ptr(), stream=0)
     assert (emu.mode("fu_label_agreement"), emu.mode("fu_permutation_ranks")) == ("threaded", "sequential")
 
 
@@ -152,7 +152,7 @@ def test_only_the_synchronising_kernels_get_a_thread_per_cuda_thread(emu):
 def test_permutation_ranks_equal_the_cpu_and_the_reference(emu, n, generator):
     for key in random_keys(2, numpy_rng(generator)) + [0, 2**64 - 1]:
         emulated, cpu = torch.empty(n, dtype=torch.int64), torch.empty(n, dtype=torch.int64)
-        emu.module.permutation_ranks_cuda(key, n, emulated.data_ptr(), 0)
+        emu.module.permutation_ranks(key, n, emulated.data_ptr(), stream=0)
         _C.permutation_ranks(key, n, cpu.data_ptr())
         np.testing.assert_array_equal(emulated.numpy(), cpu.numpy())
         np.testing.assert_array_equal(emulated.numpy(), reference.permutation_ranks(key, n))
@@ -176,7 +176,7 @@ def expand_both(emu, x, keys, thresholds, inner, channels_last, src_offset=0, ds
     masks = torch.cat([kernels.signed_keys(keys), torch.tensor(thresholds, dtype=torch.int64)])
     args = (batch, units, inner, channels, spatial, channels_last, x.element_size(), masks.data_ptr(),
             masks[num_masks:].data_ptr(), num_masks)
-    emu.module.expand_masked_cuda(src.data_ptr(), dst.data_ptr(), *args, 0)
+    emu.module.expand_masked(src.data_ptr(), dst.data_ptr(), *args, stream=0)
     _C.expand_masked(memory.data_ptr(), cpu.data_ptr(), *args)
     expected = reference.expand_masked(x, keys, thresholds, inner)
     if channels_last:
@@ -267,7 +267,7 @@ def test_label_agreement_equals_the_cpu_and_torch_argmax(emu, dtype, num_masks, 
     start = torch.arange(7, 7 + num_masks, dtype=torch.int64)   # counts are added to
     emulated, cpu = start.clone(), start.clone()
     args = (DTYPE_CODES[dtype], num_masks, batch, classes, row_stride, base.data_ptr())
-    emu.module.label_agreement_cuda(padded.data_ptr(), *args, emulated.data_ptr(), 0)
+    emu.module.label_agreement(padded.data_ptr(), *args, emulated.data_ptr(), stream=0)
     _C.label_agreement(padded.data_ptr(), *args, cpu.data_ptr())
     assert torch.equal(emulated, cpu)
     assert torch.equal(emulated - start, reference.label_agreement(logits, base, num_masks))
@@ -308,8 +308,8 @@ def test_covariance_equals_the_float64_two_pass_reference_and_the_cpu(emu, dtype
                 strides[3] if len(shape) == 4 else 0, rows.data_ptr(), rows.numel())
         # NaN scratch: a read of a workspace element the launcher did not initialise shows.
         workspace = torch.full((channels + channels * channels,), float("nan"), dtype=torch.float64)
-        emu.module.covariance_accumulate_cuda(activation.data_ptr(), *args, *(t.data_ptr() for t in emulated),
-                                              workspace.data_ptr(), 0)
+        emu.module.covariance_accumulate(activation.data_ptr(), *args, *(t.data_ptr() for t in emulated),
+                                         workspace=workspace.data_ptr(), stream=0)
         _C.covariance_accumulate(activation.data_ptr(), *args, *(t.data_ptr() for t in cpu))
         (grid_x, grid_y, grid_z), _ = emu.last_config("fu_covariance_cross")
         tiles = (channels + 31) // 32
@@ -332,8 +332,8 @@ def test_more_than_65535_masks_are_refused_by_the_launcher(emu):
     masks = torch.zeros(2 * 65_536, dtype=torch.int64)
     out = torch.empty(8)
     with pytest.raises(ValueError, match="at most 65535 masks per call"):
-        emu.module.expand_masked_cuda(x.data_ptr(), out.data_ptr(), 2, 8, 1, 8, 1, False, 4, masks.data_ptr(),
-                                      masks[65_536:].data_ptr(), 65_536, 0)
+        emu.module.expand_masked(x.data_ptr(), out.data_ptr(), 2, 8, 1, 8, 1, False, 4, masks.data_ptr(),
+                                 masks[65_536:].data_ptr(), 65_536, stream=0)
     for kernel in ("fu_expand_masked_vec16", "fu_expand_masked_scalar"):
         assert emu.launches(kernel) == emu.refused(kernel) == 0
 
@@ -440,8 +440,9 @@ def test_expand_masked_indexes_a_49_gb_output_with_64_bits(emu, tmp_path, channe
         masks = torch.cat([kernels.signed_keys(keys), torch.full((num_masks,), threshold, dtype=torch.int64)])
 
         emu.lib.fu_emu_set_block_range(blocks_x * num_masks - 1, blocks_x * num_masks)
-        emu.module.expand_masked_cuda(src.ctypes.data, dst.ctypes.data + dst_offset, batch, row, 1, channels, spatial,
-                                      channels_last, 4, masks.data_ptr(), masks[num_masks:].data_ptr(), num_masks, 0)
+        emu.module.expand_masked(src.ctypes.data, dst.ctypes.data + dst_offset, batch, row, 1, channels, spatial,
+                                 channels_last, 4, masks.data_ptr(), masks[num_masks:].data_ptr(), num_masks,
+                                 stream=0)
         name = f"fu_expand_masked_{kernel}"
         assert emu.last_config(name) == ((blocks_x, num_masks, 1), (256, 1, 1))
         assert emu.blocks_run(name) == 1

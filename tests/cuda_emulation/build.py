@@ -2,8 +2,8 @@
 
 csrc/cuda/*.cu are compiled as C++ by the system compiler against the emulated runtime of this
 directory (cuda_runtime.h, emulator.cpp), together with the real csrc/bindings.cpp (with
-FU_FAST_WITH_CUDA, so its *_cuda entry points exist) and the CPU kernels, into one pybind11
-module (PYBIND11_MODULE(_C)). Its *_cuda entry points then take host pointers as "device
+FU_FAST_WITH_CUDA, so its kernels given a stream run the CUDA twins) and the CPU kernels, into
+one pybind11 module (PYBIND11_MODULE(_C)). Called with a stream, its kernels then take host pointers as "device
 memory" and run the real launchers and kernels.
 
 C++ cannot parse `kernel<<<grid, block, shared, stream>>>(args)`, so each .cu file is copied
