@@ -8,8 +8,10 @@ import sys
 import pytest
 import torch
 
+import fu_fast
+
 from fu_fast import FuFastError, models
-from fu_fast.train import MODEL_DEFAULTS, TrainConfig, load_model, train
+from fu_fast.train import TrainConfig, load_model, train
 from fu_fast.train.optim import build_optimizer, build_scheduler, parse_schedule
 
 from conftest import write_cifar10
@@ -30,7 +32,10 @@ def test_defaults_follow_the_paper_and_k_scales_batch_and_lr():
     assert r.model_options["input_size"] == 224
     assert TrainConfig("inception_v3").resolve().optimizer == "rmsprop"
     assert TrainConfig("alexnet").resolve().patience == 10
-    assert set(MODEL_DEFAULTS) == {"mlp", "alexnet", "resnet56", "resnet18", "inception_v3", "inception_v3_layer"}
+    # Every model of the registry has training defaults, in the paper's order.
+    assert fu_fast.models.names() == ["mlp", "alexnet", "resnet56", "resnet18", "inception_v3", "inception_v3_layer"]
+    for name in fu_fast.models.names():
+        assert TrainConfig(name).resolve().data == fu_fast.models.entry(name).training["data"]
 
 
 @pytest.mark.parametrize("change, message", [

@@ -13,9 +13,7 @@ can absorb it. Layers are processed from the output backwards; see engine.compre
 method and refactor.py for the maths (the paper's Appendix C).
 """
 
-from .chain import SKIP_MODELS
 from .engine import METHODS, SCHEMA, SEARCHES, CompressResult, compress
 from .checkpoint import REPORT_FILE, save, thin_config
 
-__all__ = ["compress", "save", "thin_config", "CompressResult", "METHODS", "SEARCHES", "SCHEMA", "REPORT_FILE",
-           "SKIP_MODELS"]
+__all__ = ["compress", "save", "thin_config", "CompressResult", "METHODS", "SEARCHES", "SCHEMA", "REPORT_FILE"]

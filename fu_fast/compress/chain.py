@@ -25,17 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import models
 from ..errors import FuFastError
-
-# The zoo's models whose units feed skip connections or concatenated branches: a unit of a
-# block output there is read by the next block *and* by the residual path (or by several
-# branches), so there is no single consumer whose input columns could absorb it.
-SKIP_MODELS = {
-    "resnet56": "its blocks add a residual (skip) connection to their output",
-    "resnet18": "its blocks add a residual (skip) connection to their output",
-    "inception_v3": "its modules concatenate parallel branches, each read by several convolutions",
-    "inception_v3_layer": "its modules concatenate parallel branches, each read by several convolutions",
-}
 
 _ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Softplus)
 _PER_CHANNEL_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -60,8 +51,9 @@ class Stage:
 def check_sequential(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The model's children, or FuFastError if it is not a chain compress can thin."""
     name = (getattr(model, "fu_fast_config", None) or {}).get("name")
-    if name in SKIP_MODELS:
-        raise FuFastError(f"cannot compress {name}: {SKIP_MODELS[name]}, so a unit has no single consumer "
+    refusal = models.entry(name).compress_refusal if name in models.names() else None
+    if refusal is not None:
+        raise FuFastError(f"cannot compress {name}: {refusal}, so a unit has no single consumer "
                           "layer whose weights could absorb it; compress works on sequential models "
                           "(mlp, alexnet)")
     if not isinstance(model, nn.Sequential):

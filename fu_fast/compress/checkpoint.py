@@ -25,7 +25,6 @@ from torch import nn
 from .. import models
 from ..atomic import write_atomic
 from ..errors import FuFastError
-from ..models import mlp as mlp_module
 from ..train import checkpoint as ckpt
 from .engine import CompressResult
 
@@ -35,13 +34,12 @@ REPORT_FILE = "compress.json"
 def thin_config(wide_config: dict, thin: nn.Module) -> dict:
     """The registry build record of the thin model (AlexNet: its layer sizes in the option units)."""
     name = wide_config.get("name")
-    if name == "mlp":
-        config = {**wide_config, "width": thin.fc1.out_features / mlp_module.HIDDEN}
-    elif name == "alexnet":
-        config = {**wide_config, "options": {**wide_config["options"], "units": list(thin.layer_units())}}
-    else:
+    thin_record = models.entry(name).thin_record if name in models.names() else None
+    if thin_record is None:
+        compressible = ", ".join(n for n in models.names() if models.entry(n).thin_record is not None)
         raise FuFastError(f"cannot save a compressed {name!r} as a zoo checkpoint; the zoo's sequential "
-                          "models are mlp and alexnet")
+                          f"models are {compressible}")
+    config = thin_record(wide_config, thin)
     # Shapes only (meta tensors): the record must rebuild exactly this model.
     state = thin.state_dict()
     with torch.device("meta"), warnings.catch_warnings():

@@ -29,42 +29,29 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable
 
 import torch
 from torch import nn
 
 from ..errors import FuFastError
-from . import alexnet, inception, mlp, resnet, resnet_cifar
+# Each family registers itself when imported; this order is the paper's, which names() keeps.
+from . import mlp, alexnet, resnet_cifar, resnet, inception  # noqa: F401,I001
 from .init import canonical, initialize
+from . import registry
+from .registry import ModelEntry, entry
 
-__all__ = ["names", "build", "analysis_layers", "default_options", "parameter_count", "initialize"]
-
-_CIFAR = {"dropout": 0.0, "num_classes": 10, "input_size": 32}
-_IMAGENET = {"dropout": 0.0, "num_classes": 1000}
-
-# name -> (builder(width, **options except init), every option's default). Builders take the
-# width factor and the resolved options; build() validates both and applies the init.
-_MODELS: dict[str, tuple[Callable[..., nn.Module], dict]] = {
-    "mlp": (mlp.MLP, {"init": "gaussian:0.01", "dropout": 0.0, "num_classes": 2, "input_dim": 10}),
-    # units: per-layer sizes (conv1, conv2, fc3, fc4) overriding the width's, for thinned models.
-    "alexnet": (alexnet.AlexNet, {"init": "torchvision", **_CIFAR, "units": None}),
-    "resnet56": (resnet_cifar.resnet56, {"init": "torchvision", **_CIFAR}),
-    "resnet18": (resnet.resnet18, {"init": "torchvision", **_IMAGENET, "input_size": 224}),
-    "inception_v3": (inception.inception_v3, {"init": "truncated_normal:0.1", **_IMAGENET, "input_size": 299}),
-    "inception_v3_layer": (inception.inception_v3_layer,
-                           {"init": "truncated_normal:0.1", **_IMAGENET, "input_size": 299}),
-}
+__all__ = ["names", "entry", "ModelEntry", "build", "analysis_layers", "default_options", "parameter_count",
+           "initialize"]
 
 
 def names() -> list[str]:
     """The model names, in the paper's order."""
-    return list(_MODELS)
+    return registry.names()
 
 
 def default_options(name: str) -> dict:
     """Every option of model ``name`` with its default value ("init" resolved to the scheme)."""
-    return dict(_entry(name)[1])
+    return dict(entry(name).options)
 
 
 def build(name: str, width: float = 1.0, **options) -> nn.Module:
@@ -74,7 +61,8 @@ def build(name: str, width: float = 1.0, **options) -> nn.Module:
     builds a shape-only model). FuFastError for an unknown name or option, a bad value, or a
     width that leaves a layer without units.
     """
-    builder, defaults = _entry(name)
+    model_entry = entry(name)
+    builder, defaults = model_entry.builder, model_entry.options
     width = _check_width(width)
     unknown = sorted(set(options) - set(defaults))
     if unknown:
@@ -105,12 +93,6 @@ def analysis_layers(name_or_model: str | nn.Module) -> list[str]:
 def parameter_count(model: nn.Module) -> int:
     """Number of parameters (trainable or not; buffers excluded)."""
     return sum(p.numel() for p in model.parameters())
-
-
-def _entry(name: str) -> tuple[Callable[..., nn.Module], dict]:
-    if not isinstance(name, str) or name not in _MODELS:
-        raise FuFastError(f"unknown model {name!r}; choose one of {', '.join(_MODELS)}")
-    return _MODELS[name]
 
 
 def _check_width(width) -> float:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._common import scaled
+from .registry import CIFAR_OPTIONS, register_model
 
 LRN_RADIUS, LRN_ALPHA, LRN_BETA, LRN_BIAS = 2, 2e-5, 0.75, 1.0
 
@@ -48,6 +49,17 @@ class MaxPool2dSame(nn.Module):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding=SAME"
 
 
+def _thin_record(wide: dict, thin: nn.Module) -> dict:
+    # Thinned layers shrink independently: their sizes go in the build option units.
+    return {**wide, "options": {**wide["options"], "units": list(thin.layer_units())}}
+
+
+# units: per-layer sizes (conv1, conv2, fc3, fc4) overriding the width's, for thinned models.
+# epochs is a ceiling: the paper stops early on the validation split.
+@register_model("alexnet", options={"init": "torchvision", **CIFAR_OPTIONS, "units": None},
+                training=dict(data="cifar10", optimizer="sgd_momentum", lr=0.01, schedule="exp:0.95",
+                              batch_size=128, epochs=100, weight_decay=0.0, augment=False, patience=10),
+                thin_record=_thin_record)
 class AlexNet(nn.Sequential):
     """conv1 5x5/1 (96) -> relu1 -> pool1 3x3/2 -> norm1; conv2 5x5/1 (256) -> relu2 -> pool2 ->
     norm2; fc3 (384) -> relu3 -> drop3; fc4 (192) -> relu4 -> drop4; out (classes). Counts at

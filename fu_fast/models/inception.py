@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import FuFastError
 from ._common import scaled
+from .registry import IMAGENET_OPTIONS, register_model
 
 MIN_INPUT_SIZE = 75   # the smallest image side whose feature maps stay non-empty down to Mixed_7c (1x1)
 
@@ -217,12 +218,26 @@ class Inception3(nn.Module):
         return self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
 
 
+# RMSProp with TF's settings (decay 0.9, momentum 0.9, epsilon 1.0), 0.045 decayed by 0.94 every
+# 2 epochs: Szegedy et al.'s schedule, which the paper's 0.045 start follows;
+# docs/models-and-training.md says how the paper's own text differs.
+TRAINING = dict(data="imagenet", optimizer="rmsprop", lr=0.045, schedule="exp:0.94/2", batch_size=256, epochs=90,
+                weight_decay=4e-5, augment=True, patience=None)
+OPTIONS = {"init": "truncated_normal:0.1", **IMAGENET_OPTIONS, "input_size": 299}
+# Why fu_fast.compress cannot thin it: a module's output channels are read by several branches.
+BRANCHES = "its modules concatenate parallel branches, each read by several convolutions"
+
+
+@register_model("inception_v3", options=OPTIONS, training=TRAINING, training_options={"input_size": 299},
+                compress_refusal=BRANCHES)
 def inception_v3(width: float, *, num_classes: int, dropout: float, input_size: int) -> Inception3:
     """Every conv scaled; analysis layers Mixed_5b ... Mixed_7c."""
     _check_input_size(input_size)
     return Inception3(width, num_classes=num_classes, dropout=dropout)
 
 
+@register_model("inception_v3_layer", options=OPTIONS, training=TRAINING, training_options={"input_size": 299},
+                compress_refusal=BRANCHES)
 def inception_v3_layer(width: float, *, num_classes: int, dropout: float, input_size: int) -> Inception3:
     """Width 1 except Mixed_5d (288 channels at width 1), the one analysis layer. The convs that
     read its output follow its channel count: Mixed_6a's, and, since Mixed_6a's max-pool branch

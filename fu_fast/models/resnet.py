@@ -14,6 +14,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from ._common import scaled
+from .registry import IMAGENET_OPTIONS, RESIDUAL, register_model
 
 
 class ResNet(nn.Module):
@@ -65,6 +66,11 @@ class ResNet(nn.Module):
         return self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
 
 
+# The learning rate is for the batch given: 0.1 x batch / 256.
+@register_model("resnet18", options={"init": "torchvision", **IMAGENET_OPTIONS, "input_size": 224},
+                training=dict(data="imagenet", optimizer="sgd_momentum", lr=0.1, schedule="step:30,60,80",
+                              batch_size=256, epochs=90, weight_decay=1e-4, augment=True, patience=None),
+                training_options={"input_size": 224}, compress_refusal=RESIDUAL)
 def resnet18(width: float, *, num_classes: int, dropout: float, input_size: int) -> ResNet:
     """torchvision's resnet18 at width 1 (11,689,512 parameters with 1000 classes).
     ``input_size`` changes no shape: global average pooling takes any image side."""

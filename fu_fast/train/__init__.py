@@ -6,7 +6,7 @@
 """
 
 from .checkpoint import load_model, read_run
-from .config import MODEL_DEFAULTS, TrainConfig
+from .config import TrainConfig
 from .loop import evaluate, train
 
-__all__ = ["TrainConfig", "MODEL_DEFAULTS", "train", "evaluate", "load_model", "read_run"]
+__all__ = ["TrainConfig", "train", "evaluate", "load_model", "read_run"]

@@ -9,36 +9,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from .. import models
 from ..errors import FuFastError
 
 OPTIMIZERS = ("sgd_momentum", "sgd", "adam", "rmsprop")
 
-# Per model: the table of docs/models-and-training.md. Schedules use the grammar of fu_fast.train.optim.
-# epochs for AlexNet is a ceiling: the paper stops early on the validation split.
-MODEL_DEFAULTS: dict[str, dict] = {
-    "mlp": dict(data="synthetic", optimizer="sgd_momentum", lr=0.05, schedule="constant", batch_size=32,
-                epochs=50, weight_decay=0.0, augment=False, patience=None),
-    "alexnet": dict(data="cifar10", optimizer="sgd_momentum", lr=0.01, schedule="exp:0.95", batch_size=128,
-                    epochs=100, weight_decay=0.0, augment=False, patience=10),
-    "resnet56": dict(data="cifar10", optimizer="sgd_momentum", lr=0.1, schedule="step:91,136", batch_size=128,
-                     epochs=182, weight_decay=2e-4, augment=True, patience=None),
-    "resnet18": dict(data="imagenet", optimizer="sgd_momentum", lr=0.1, schedule="step:30,60,80", batch_size=256,
-                     epochs=90, weight_decay=1e-4, augment=True, patience=None),
-    # Inception-v3: RMSProp with TF's settings (decay 0.9, momentum 0.9, epsilon 1.0), 0.045
-    # decayed by 0.94 every 2 epochs: Szegedy et al.'s schedule, which the paper's 0.045 start
-    # follows; docs/models-and-training.md says how the paper's own text differs.
-    "inception_v3": dict(data="imagenet", optimizer="rmsprop", lr=0.045, schedule="exp:0.94/2", batch_size=256,
-                         epochs=90, weight_decay=4e-5, augment=True, patience=None),
-}
-MODEL_DEFAULTS["inception_v3_layer"] = dict(MODEL_DEFAULTS["inception_v3"])
-
-# The learning rate of these defaults is for the batch above; ResNet18's 0.1 is 0.1 x batch/256.
-IMAGE_SIZES = {"resnet18": 224, "inception_v3": 299, "inception_v3_layer": 299}
-
 
 @dataclass
 class TrainConfig:
-    """What to train and how. ``None`` means "the model's default" (see MODEL_DEFAULTS)."""
+    """What to train and how. ``None`` means "the model's default" (its registry entry's training)."""
 
     model: str
     width: float = 1.0
@@ -72,11 +51,8 @@ class TrainConfig:
         The copy keeps k for the record, but its batch_size and lr already include it: resolve
         a TrainConfig once (train does), not its result.
         """
-        from .. import models  # the registry knows the model names and options
-
-        if self.model not in MODEL_DEFAULTS:
-            raise FuFastError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_DEFAULTS)}")
-        defaults = MODEL_DEFAULTS[self.model]
+        model_entry = models.entry(self.model)
+        defaults = model_entry.training
         resolved = dataclasses.replace(self, model_options=dict(self.model_options))
         for name, value in defaults.items():
             if getattr(resolved, name) is None:
@@ -95,15 +71,14 @@ class TrainConfig:
             if resolved.input_dim is not None and resolved.model_options["input_dim"] != resolved.input_dim:
                 raise FuFastError(f"model input_dim {resolved.model_options['input_dim']} differs from the "
                                   f"data's input_dim {resolved.input_dim}")
-        if self.model in IMAGE_SIZES:
-            resolved.model_options.setdefault("input_size", IMAGE_SIZES[self.model])
+        for option, value in model_entry.training_options.items():
+            resolved.model_options.setdefault(option, value)
         if resolved.random_labels and resolved.augment:
             # The paper: the random-label variant trains without augmentation.
             if self.augment:
                 raise FuFastError("random labels are trained without augmentation, as in the paper; drop --augment")
             resolved.augment = False
         _check(resolved)
-        models.default_options(resolved.model)   # raises for a model the registry does not know
         return resolved
 
     def to_dict(self) -> dict:

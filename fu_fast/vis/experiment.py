@@ -63,7 +63,6 @@ def load_subject(label: str, checkpoint: str | Path | None = None, *, model: str
     """A trained model from ``checkpoint`` (run directory or .pt file), or zoo model ``model`` at
     ``width``, untrained, its weights drawn with ``seed``."""
     from ..train import load_model, read_run
-    from ..train.config import MODEL_DEFAULTS
 
     run = None
     if checkpoint is not None:
@@ -78,7 +77,7 @@ def load_subject(label: str, checkpoint: str | Path | None = None, *, model: str
         net = models.build(model, 1.0 if width is None else width)
         source = "untrained"
     name = net.fu_fast_config["name"]
-    data = (run or {}).get("settings", {}).get("data") or MODEL_DEFAULTS.get(name, {}).get("data")
+    data = (run or {}).get("settings", {}).get("data") or models.entry(name).training["data"]
     if data not in ("cifar10", "imagenet"):
         raise FuFastError(f"feature visualisation needs an image model; {name} takes {data or 'no image'} inputs")
     return Subject(label, net, source, data)
