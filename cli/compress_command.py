@@ -64,7 +64,8 @@ def compress_command(
     from fu_fast.devices import resolve_device
     from fu_fast.train import load_model, read_run
 
-    if out_dir.resolve() == checkpoint.resolve() or (checkpoint.is_file() and out_dir.resolve() == checkpoint.parent.resolve()):
+    if (out_dir.resolve() == checkpoint.resolve()
+            or (checkpoint.is_file() and out_dir.resolve() == checkpoint.parent.resolve())):
         raise FuFastError("--out must be a new directory, not the wide model's run directory")
     check_writable_dir(out_dir)
     target = resolve_device(device)

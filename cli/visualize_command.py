@@ -65,7 +65,8 @@ def visualize(
     if model is not None and (thin is not None or wide is not None):
         raise FuFastError("give either two checkpoints (THIN WIDE) or --model with widths, not both")
     if model is None and (thin is None or wide is None):
-        raise FuFastError("say what to compare: two checkpoints (THIN WIDE), or --model M [--thin-width] [--wide-width]")
+        raise FuFastError("say what to compare: two checkpoints (THIN WIDE), "
+                          "or --model M [--thin-width] [--wide-width]")
     if model is not None:
         subjects = [load_subject("thin", model=model, width=thin_width, seed=seed),
                     load_subject("wide", model=model, width=wide_width, seed=seed)]

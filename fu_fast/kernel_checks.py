@@ -164,7 +164,8 @@ def _cpu_checks() -> Iterator[Check]:
     def agreement():
         for logits, base, masks in _agreement_inputs(generator):
             _expect(torch.equal(kernels.label_agreement(logits, base, masks),
-                                reference.label_agreement(logits, base, masks)), f"{tuple(logits.shape)} {logits.dtype}")
+                                reference.label_agreement(logits, base, masks)),
+                    f"{tuple(logits.shape)} {logits.dtype}")
         return f"{len(AGREEMENT_CASES)} sizes x {len(DTYPES)} dtypes, NaN, ties, -0.0"
 
     def covariance():

@@ -33,8 +33,8 @@ tolerance 0.2, 3 repeats, prunable units = max over repeats of p* times n):
   At 64 units the 20% flip point comes after ablating only about 6 units, and the mean
   prunable fraction falls slowly with width (0.092, 0.083, 0.078, 0.075, 0.072 for 64 to
   1,024 units; in a unit-resolution simulation with d = 16,384 it still falls from 0.082
-  at 128 to 0.072 at 1,024 units, so it is not an input-dimension effect). The paper's 1.99 is within the spread of a single
-  draw but is not the expectation.
+  at 128 to 0.072 at 1,024 units, so it is not an input-dimension effect). The paper's
+  1.99 is within the spread of a single draw but is not the expectation.
 * Measured with exactly this code, 10 independent seed sets (inputs and networks) of 16
   networks per width: zero biases g = 1.81-1.96 (mean 1.89, sd 0.04); default biases
   g = 1.44-1.67 (mean 1.53, sd 0.07); paired difference 0.25-0.46. A bootstrap over 100

@@ -139,7 +139,8 @@ def test_conv_refactor_folds_duplicated_and_constant_channels(generator, pad):
     balance = torch.randn(6, 4, 3, 3, generator=generator, dtype=torch.float64)
     constant_out = torch.randn(6, 1, 3, 3, generator=generator, dtype=torch.float64)
     with torch.no_grad():
-        wide[0].weight.copy_(torch.cat([narrow[0].weight, narrow[0].weight, torch.zeros(1, 3, 3, 3, dtype=torch.float64)]))
+        wide[0].weight.copy_(torch.cat([narrow[0].weight, narrow[0].weight,
+                                        torch.zeros(1, 3, 3, 3, dtype=torch.float64)]))
         wide[0].bias.copy_(torch.cat([narrow[0].bias, narrow[0].bias, torch.tensor([0.7], dtype=torch.float64)]))
         wide[2].weight.copy_(torch.cat([narrow[2].weight + balance, -balance, constant_out], dim=1))
         wide[2].bias.copy_(narrow[2].bias - 0.7 * constant_out.sum((1, 2, 3)))   # cancel it in the interior

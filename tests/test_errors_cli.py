@@ -2,7 +2,6 @@
 be written, options that contradict a checkpoint. Each must end with one `error:` line on
 stderr, exit code 2, and nothing written."""
 
-import os
 import tempfile
 
 import pytest
@@ -79,7 +78,8 @@ BAD_COMMAND_LINES = [
 ]
 
 
-@pytest.mark.parametrize("line, fragments", BAD_COMMAND_LINES, ids=lambda v: " ".join(v) if isinstance(v, tuple) else None)
+@pytest.mark.parametrize("line, fragments", BAD_COMMAND_LINES,
+                         ids=lambda v: " ".join(v) if isinstance(v, tuple) else None)
 def test_bad_command_lines_end_in_one_error_line(line, fragments, places, tmp_path):
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     result = invoke(*[places.get(word, word) for word in line])

@@ -67,7 +67,7 @@ def _build_sweep(root, series: dict, *, widths_of=lambda series: WIDTHS):
                 result.normalize(reference)
             result.save(folder / "analysis.json")
             (folder / "correlations.json").write_text(json.dumps(
-                {"bins": 50, "layers": {n: l.abs_r_histogram for n, l in result.layers.items()}}))
+                {"bins": 50, "layers": {name: layer.abs_r_histogram for name, layer in result.layers.items()}}))
             (folder / "run.json").write_text(json.dumps(
                 {"schema": "fu-fast/run/1", "model": {"name": "mlp", "width": width, "options": variant,
                                                       "parameters": result.model["parameters"]},
@@ -227,7 +227,8 @@ def test_gain_ranges_bound_every_curve(sweep):
         gains = [s["gains"][q] for s in report["series"] if s["gains"][q] is not None]
         assert ranges["network"][q]["min"] == min(gains) and ranges["network"][q]["max"] == max(gains)
     for q in QUANTITIES:
-        gains = [l["gains"][q] for s in report["series"] for l in s["layers"].values() if l["gains"][q] is not None]
+        gains = [layer["gains"][q] for s in report["series"] for layer in s["layers"].values()
+                 if layer["gains"][q] is not None]
         assert all(ranges["layers"][q]["min"] <= g <= ranges["layers"][q]["max"] for g in gains)
         assert {ranges["layers"][q]["min"], ranges["layers"][q]["max"]} <= set(gains)
     gain_table = _sections((sweep / "report" / "summary.md").read_text())["Gain ranges"][0]
@@ -330,7 +331,7 @@ def test_known_gain_of_a_hand_made_series(tmp_path):
                                                      "members": members}))
     series, = summarize(tmp_path)["series"]
     assert series["label"] == "mlp"
-    for gains in [series["gains"]] + [l["gains"] for l in series["layers"].values()]:
+    for gains in [series["gains"]] + [layer["gains"] for layer in series["layers"].values()]:
         assert abs(gains["prunability"] - 2 ** 1.5) < 1e-9
         assert abs(gains["redundancy"] - 2 ** 1.5) < 1e-9
     assert abs(series["gains"]["parameters"] - 2.0) < 1e-9

@@ -28,7 +28,8 @@ def test_document_has_exactly_the_spec_fields(result):
     doc = result.to_dict()
     assert set(doc) == {"schema", "model", "data", "trial", "settings", "layers", "summary", "timing", "build"}
     assert doc["schema"] == "fu-fast/analysis/1" and doc["trial"] == 2
-    assert doc["model"] == {"name": "small_cnn", "width": 0.5, "parameters": sum(p.numel() for p in small_cnn(3).parameters()),
+    assert doc["model"] == {"name": "small_cnn", "width": 0.5,
+                            "parameters": sum(p.numel() for p in small_cnn(3).parameters()),
                             "accuracy": None, "options": {"init": "he"}}
     assert doc["data"] == {"name": "noise", "examples": 24, "split": "test", "options": {}}
     assert set(doc["settings"]) == {"tolerance", "pca_tolerance", "repeats", "levels", "sample_cap", "unit",
@@ -45,7 +46,8 @@ def test_document_has_exactly_the_spec_fields(result):
         assert layer["redundancy"]["samples"] == 100
         assert len(layer["prunability"]["curves"]) == 3
     assert doc["summary"] == {"prunability": None, "redundancy": None}
-    assert doc["build"]["backend"] == "cpu" and doc["build"]["kernels"] == "cpu" and doc["timing"]["passes_over_data"] == 1
+    assert doc["build"]["backend"] == "cpu" and doc["build"]["kernels"] == "cpu"
+    assert doc["timing"]["passes_over_data"] == 1
 
 
 def test_save_is_atomic_and_round_trips(result, tmp_path):

@@ -152,7 +152,8 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
     return AnalysisResult(
         model=model_doc, data=data_doc, settings=settings, layers=results, trial=trial,
         timing={"seconds": time.perf_counter() - started, "passes_over_data": batches.passes},
-        build={"version": kernels.compiled_version(), "backend": kernels.backend_for(device), "kernels": kernel_backend})
+        build={"version": kernels.compiled_version(), "backend": kernels.backend_for(device),
+               "kernels": kernel_backend})
 
 
 def _one_pass(model, batches, layer_names, grid, repeats, sample_cap, unit, seed, device, dtype,

@@ -31,7 +31,8 @@ class Batches:
         elif isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
             self._inputs, self._labels = data
             if self._inputs.shape[0] != self._labels.shape[0]:
-                raise FuFastError(f"inputs and labels differ in length: {self._inputs.shape[0]} vs {self._labels.shape[0]}")
+                raise FuFastError(f"inputs and labels differ in length: "
+                                  f"{self._inputs.shape[0]} vs {self._labels.shape[0]}")
             self.name, self.examples = "tensor", self._inputs.shape[0]
         elif isinstance(data, DataLoader):
             if isinstance(data.sampler, RandomSampler) or getattr(data.sampler, "shuffle", False):

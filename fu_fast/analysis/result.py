@@ -95,8 +95,8 @@ class AnalysisResult:
     def summary(self) -> dict:
         """Network-level values: the mean of the normalised per-layer values."""
         layers = list(self.layers.values())
-        return {"prunability": _mean_or_none([l.prunability_normalized for l in layers]),
-                "redundancy": _mean_or_none([l.redundancy_normalized for l in layers])}
+        return {"prunability": _mean_or_none([layer.prunability_normalized for layer in layers]),
+                "redundancy": _mean_or_none([layer.redundancy_normalized for layer in layers])}
 
     def normalize(self, reference: "AnalysisResult") -> "AnalysisResult":
         """Set every layer's reference units from the same layer of the 4x model (in place)."""
@@ -110,7 +110,7 @@ class AnalysisResult:
     def to_dict(self) -> dict:
         document = {
             "schema": SCHEMA, "model": self.model, "data": self.data, "trial": self.trial,
-            "settings": self.settings, "layers": [l.to_dict() for l in self.layers.values()],
+            "settings": self.settings, "layers": [layer.to_dict() for layer in self.layers.values()],
             "summary": self.summary, "timing": self.timing, "build": self.build,
         }
         _check_finite(document)
@@ -130,7 +130,7 @@ class AnalysisResult:
             found = d.get("schema") if isinstance(d, dict) else type(d).__name__
             raise ValueError(f"not a fu-fast analysis document (schema {found!r})")
         try:
-            layers = {l["name"]: LayerResult.from_dict(l) for l in d["layers"]}
+            layers = {layer["name"]: LayerResult.from_dict(layer) for layer in d["layers"]}
             return cls(d["model"], d["data"], d["settings"], layers, d["timing"], d["build"], d.get("trial"))
         except KeyError as e:
             raise ValueError(f"a {SCHEMA} document without the entry {e}") from None

@@ -27,7 +27,8 @@ import torch
 _RANK_EPS = 1e-12
 
 
-def statistics(activations: torch.Tensor, sample_cap: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+def statistics(activations: torch.Tensor, sample_cap: int,
+               generator: torch.Generator) -> tuple[np.ndarray, np.ndarray, int]:
     """Mean and covariance (float64) of a layer's units, and the number of samples.
 
     FC (N, m): one sample per example. Conv (N, m, H, W): one per (example, position); more

@@ -97,14 +97,10 @@ def random_ablation(ev: Evaluator, need: int, *, layer: str, repeats: int, seed:
     for r in range(repeats):
         ranks = permutation_ranks(mask_key(seed, layer, r), units)
         order = torch.argsort(ranks)
-
-        def keeps(count: int) -> bool:
-            return ev.agreement(ev.masked(order[:count]), ev.bias) >= need
-
         lo, hi = 0, units - 1   # at least one unit stays
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if keeps(mid):
+            if ev.agreement(ev.masked(order[:mid]), ev.bias) >= need:
                 lo = mid
             else:
                 hi = mid - 1

@@ -155,7 +155,8 @@ def ablation_curves(sweep: Sweep, summary: dict) -> Figure | None:
         colors = _ramp(len(s["widths"]))
         for width, color in zip(s["widths"], colors):
             curves = [np.interp(grid, m.analysis.settings["levels"],   # one grid, should settings differ
-                                np.mean([np.mean(l.curves, axis=0) for l in m.analysis.layers.values()], axis=0))
+                                np.mean([np.mean(layer.curves, axis=0)
+                                         for layer in m.analysis.layers.values()], axis=0))
                       for m in members if m.width == width]
             ax.plot(grid, np.mean(curves, axis=0), color=color, label=f"width {width:g}")
         tolerance = members[0].analysis.settings.get("tolerance")
@@ -239,7 +240,7 @@ def _per_layer(quantity: str) -> Callable[[Sweep, dict], Figure | None]:
     """One panel per series, a line per layer (coloured by depth), g in the legend."""
     def draw(sweep: Sweep, summary: dict) -> Figure | None:
         series = summary["series"]
-        if not _has_positive([l["rows"] for s in series for l in s["layers"].values()], quantity):
+        if not _has_positive([layer["rows"] for s in series for layer in s["layers"].values()], quantity):
             return None
         title = f"{TITLES[quantity]} per layer" + _range_text(summary["gain_range"]["layers"][quantity])
         fig, axes = _panels(len(series), title)
@@ -248,7 +249,7 @@ def _per_layer(quantity: str) -> Callable[[Sweep, dict], Figure | None]:
             colors = _ramp(len(layers))
             for (name, layer), color in zip(layers.items(), colors):
                 _curve(ax, layer["rows"], quantity, f"{name}: g = {fmt_gain(layer['gains'][quantity])}", color)
-            _slope_one(ax, [p for l in layers.values() for p in _means(l["rows"], quantity)])
+            _slope_one(ax, [p for layer in layers.values() for p in _means(layer["rows"], quantity)])
             ax.set_yscale("log")
             _width_axis(ax, s["widths"])
             ax.set_ylabel(HEADERS[s["normalized"]][quantity]

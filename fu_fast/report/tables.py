@@ -155,8 +155,8 @@ def _one_line(error: Exception) -> str:
 # ---------------------------------------------------------------------------------------- numbers
 
 def is_normalized(members: list[Member]) -> bool:
-    return all(l.reference_units and l.reference_ablation_units
-               for m in members for l in m.analysis.layers.values())
+    return all(layer.reference_units and layer.reference_ablation_units
+               for m in members for layer in m.analysis.layers.values())
 
 
 def layer_values(layer: LayerResult, normalized: bool) -> dict[str, float]:
@@ -171,7 +171,7 @@ def layer_values(layer: LayerResult, normalized: bool) -> dict[str, float]:
 
 def network_values(member: Member, normalized: bool) -> dict[str, float]:
     """Mean over layers, each layer weighted equally: normalised, this is the document's summary."""
-    per_layer = [layer_values(l, normalized) for l in member.analysis.layers.values()]
+    per_layer = [layer_values(layer, normalized) for layer in member.analysis.layers.values()]
     return {q: sum(v[q] for v in per_layer) / len(per_layer) for q in QUANTITIES}
 
 
@@ -239,7 +239,8 @@ def _gain_ranges(series: list[dict]) -> dict:
         return {"min": min(gains), "max": max(gains)} if gains else None
 
     return {"network": {c: span([s["gains"][c] for s in series]) for c in COLUMNS},
-            "layers": {q: span([l["gains"][q] for s in series for l in s["layers"].values()]) for q in QUANTITIES}}
+            "layers": {q: span([layer["gains"][q] for s in series for layer in s["layers"].values()])
+                       for q in QUANTITIES}}
 
 
 def _labels(sweep: Sweep) -> dict[str, str]:

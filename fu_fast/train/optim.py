@@ -41,7 +41,8 @@ def parse_schedule(text: str) -> Schedule:
             epochs, _, gamma = arg.partition("*")
             milestones = tuple(int(e) for e in epochs.split(","))
             schedule = Schedule("step", gamma=float(gamma) if gamma else 0.1, milestones=milestones)
-            if not (0 < schedule.gamma <= 1) or any(m < 1 for m in milestones) or list(milestones) != sorted(milestones):
+            if (not (0 < schedule.gamma <= 1) or any(m < 1 for m in milestones)
+                    or list(milestones) != sorted(milestones)):
                 raise bad
             return schedule
     except ValueError:

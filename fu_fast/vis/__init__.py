@@ -17,5 +17,5 @@ from .stats import PermutationResult, permutation_test, rank_data
 
 __all__ = ["FourierImage", "Transforms", "Visualization", "visualize", "random_transform", "unit_activation",
            "total_variation", "frequency_total_variation", "magnitude_spectrum", "permutation_test",
-           "PermutationResult", "rank_data", "Subject", "check_settings", "load_subject", "run_experiment", "markdown_table",
-           "draw_grid", "write_grid"]
+           "PermutationResult", "rank_data", "Subject", "check_settings", "load_subject", "run_experiment",
+           "markdown_table", "draw_grid", "write_grid"]
