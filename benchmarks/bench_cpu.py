@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 import fu_fast
-from fu_fast import reference
+from fu_fast import models, reference
 from fu_fast.analysis import ablation as engine_ablation
 from fu_fast.analysis import masks
 
@@ -59,67 +59,12 @@ SEED = 0
 
 
 # ----------------------------------------------------------------------------- models
-# Benchmark-only definitions (a model zoo comes later).
+# The zoo's MLP and AlexNet (fu_fast.models), He-normal with zero biases, so that an untrained
+# model's predictions depend on its input (small default inits shrink the signal layer by layer
+# until the last bias decides every label, which would make the curves and their check trivial).
 
-def kaiming_init(model: nn.Module) -> nn.Module:
-    """He-normal weights and zero biases, so that an untrained model's predictions depend on
-    its input (PyTorch's default init shrinks the signal layer by layer until the last bias
-    decides every label, which would make the ablation curves and their check trivial)."""
-    for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-            nn.init.zeros_(module.bias)
-    return model
-
-
-class MLP(nn.Module):
-    """Linear(d_in, hidden) -> ReLU -> Linear(hidden, classes); analysed layer: relu1."""
-
-    def __init__(self, d_in: int, hidden: int, classes: int = 10):
-        super().__init__()
-        self.fc1 = nn.Linear(d_in, hidden)
-        self.relu1 = nn.ReLU()
-        self.fc2 = nn.Linear(hidden, classes)
-
-    analysis_layers = ("relu1",)
-
-    def forward(self, x):
-        return self.fc2(self.relu1(self.fc1(x.flatten(1))))
-
-
-class AlexNetCifar(nn.Module):
-    """The small AlexNet of CIFAR-10 papers, channel widths scaled by ``width``.
-
-    conv5x5 96 -> ReLU -> maxpool 3/2 -> LRN; conv5x5 256 -> ReLU -> maxpool 3/2 -> LRN;
-    FC 384 -> ReLU; FC 192 -> ReLU; FC 10. Analysed layers (cut points): norm1, norm2,
-    relu3, relu4 (the four hidden layers' outputs).
-    """
-
-    def __init__(self, width: float = 1.0, classes: int = 10):
-        super().__init__()
-        c1, c2, f3, f4 = (max(1, round(c * width)) for c in (96, 256, 384, 192))
-        self.conv1 = nn.Conv2d(3, c1, 5, padding=2)
-        self.relu1 = nn.ReLU()
-        self.pool1 = nn.MaxPool2d(3, 2)                      # 32 -> 15
-        self.norm1 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
-        self.conv2 = nn.Conv2d(c1, c2, 5, padding=2)
-        self.relu2 = nn.ReLU()
-        self.pool2 = nn.MaxPool2d(3, 2)                      # 15 -> 7
-        self.norm2 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
-        self.fc3 = nn.Linear(c2 * 7 * 7, f3)
-        self.relu3 = nn.ReLU()
-        self.fc4 = nn.Linear(f3, f4)
-        self.relu4 = nn.ReLU()
-        self.fc5 = nn.Linear(f4, classes)
-
-    analysis_layers = ("norm1", "norm2", "relu3", "relu4")
-
-    def forward(self, x):
-        x = self.norm1(self.pool1(self.relu1(self.conv1(x))))
-        x = self.norm2(self.pool2(self.relu2(self.conv2(x))))
-        x = self.relu3(self.fc3(x.flatten(1)))
-        x = self.relu4(self.fc4(x))
-        return self.fc5(x)
+def zoo_model(name: str, width: float, **options) -> nn.Module:
+    return models.build(name, width, init="he_normal", num_classes=10, **options).eval()
 
 
 # ----------------------------------------------------------------------------- cases
@@ -149,17 +94,18 @@ def build_cases(quick: bool, cnn_examples: int, cnn_width: float, mlp_examples: 
         cnn = dict(width=cnn_width, examples=cnn_examples)
     if not only or "mlp" in only:
         torch.manual_seed(SEED)
-        model = kaiming_init(MLP(mlp["d_in"], mlp["hidden"])).eval()
+        # The zoo's MLP has 128 hidden units at width 1.
+        model = zoo_model("mlp", mlp["hidden"] / 128, input_dim=mlp["d_in"])
         inputs = torch.randn(mlp["examples"], mlp["d_in"], generator=generator)
         cases.append(Case("mlp", f"MLP {mlp['d_in']}-{mlp['hidden']}-10, {mlp['examples']} examples, layer relu1",
-                          model, inputs, MLP.analysis_layers, batch_size, 10.0, mlp))
+                          model, inputs, tuple(model.analysis_layers), batch_size, 10.0, mlp))
     if not only or "cnn" in only:
         torch.manual_seed(SEED + 1)
-        model = kaiming_init(AlexNetCifar(cnn["width"])).eval()
+        model = zoo_model("alexnet", cnn["width"])
         inputs = torch.randn(cnn["examples"], 3, 32, 32, generator=generator)
         cases.append(Case("cnn", f"AlexNet-CIFAR x{cnn['width']:g}, {cnn['examples']} images 32x32x3, "
                           "layers norm1, norm2, relu3, relu4",
-                          model, inputs, AlexNetCifar.analysis_layers, batch_size, 3.0, cnn))
+                          model, inputs, tuple(model.analysis_layers), batch_size, 3.0, cnn))
     return cases
 
 

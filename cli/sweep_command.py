@@ -45,7 +45,7 @@ def sweep(
             if event != "start":   # done, done before, or another shard's
                 finished["count"] += 1
             if advance is not None:
-                advance(finished["count"], len(members), member.id if event == "start" else "")
+                advance(finished["count"], len(members), member.dir if event == "start" else "")
 
         record = run_sweep(config, out_dir, shard=Shard.parse(shard), data_dir=str(data_dir) if data_dir else None,
                            device=device, quiet=True, on_member=on_member)

@@ -97,12 +97,6 @@ def covariance_accumulate(activation: torch.Tensor, rows: torch.Tensor, count: t
     count.fill_(n)
 
 
-def covariance(samples: np.ndarray) -> np.ndarray:
-    """Sample covariance (ddof=1) of a (rows, C) matrix, in float64."""
-    return np.cov(np.asarray(samples, dtype=np.float64), rowvar=False, ddof=1).reshape(
-        samples.shape[1], samples.shape[1])
-
-
 @torch.inference_mode()
 def naive_ablation_counts(model: torch.nn.Module, module: torch.nn.Module, batches,
                           keys: list[int], thresholds: list[int], inner: int) -> np.ndarray:

@@ -172,7 +172,7 @@ BAD_CONFIGURATIONS = [
     ("negative tolerance", MLP + "[analyze]\ntolerance = -0.1\n", "[analyze] tolerance must be in [0, 1)"),
     ("text tolerance", MLP + '[analyze]\ntolerance = "x"\n', "[analyze] tolerance must be a finite number, got 'x'"),
     ("pca tolerance 1", MLP + "[analyze]\npca_tolerance = 1\n", "[analyze] pca_tolerance must be in [0, 1)"),
-    ("zero repeats", MLP + "[analyze]\nrepeats = 0\n", "[analyze] repeats must be an integer of at least 1"),
+    ("zero repeats", MLP + "[analyze]\nrepeats = 0\n", "[analyze] repeats must be a positive integer"),
     ("fractional repeats", MLP + "[analyze]\nrepeats = 1.5\n", "[analyze] repeats must be an integer, got 1.5"),
     ("sample cap 1", MLP + "[analyze]\nsample_cap = 1\n", "[analyze] sample_cap must be an integer of at least 2"),
     ("unknown unit", MLP + '[analyze]\nunit = "pixel"\n', "[analyze] unit must be one of position, channel"),
@@ -416,7 +416,7 @@ def test_a_corrected_configuration_reuses_the_unchanged_members(sweep_copy):
     fixed.write_text(SMALL.replace('["gaussian:0.1"]', '["gaussian:0.1", "gaussian:0.01"]')
                      .replace("[0.25, 4]", "[0.25, 1, 4]").replace('"small"', '"small, fixed"'))
     events = {}
-    record = run_sweep(load_config(fixed), out, quiet=True, on_member=lambda m, e: events.setdefault(m.id, e))
+    record = run_sweep(load_config(fixed), out, quiet=True, on_member=lambda m, e: events.setdefault(m.dir, e))
     assert len(record["members"]) == 6 and all(m["status"] == "done" for m in record["members"])
     assert events["mlp/init=gaussian:0.1/w0.25/t0"] == events["mlp/init=gaussian:0.1/w4/t0"] == "done before"
     for name in ("model.pt", "run.json", "analysis.json"):

@@ -16,10 +16,8 @@ class MaskedExpansion:
 
     def __init__(self, keys: list[int], thresholds: list[int], inner: int):
         self.keys, self.thresholds, self.inner = keys, thresholds, inner
-        self.calls = 0
 
     def __call__(self, _module, _inputs, output):
-        self.calls += 1
         return kernels.expand_masked(output, self.keys, self.thresholds, self.inner)
 
 

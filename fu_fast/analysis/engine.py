@@ -23,7 +23,7 @@ from torch import nn
 
 from .. import kernels
 from ..devices import resolve_device
-from ..errors import FuFastError
+from ..errors import FuFastError, integer_setting
 from . import ablation, layers as layer_lib, masks, pca
 from .covariance import CovarianceAccumulator, PositionSample
 from .inputs import Batches
@@ -83,8 +83,8 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
         grid = masks.level_grid(levels)
     except (TypeError, ValueError) as e:
         raise FuFastError(str(e)) from None
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)):
-        raise FuFastError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if batch_size is not None:
+        batch_size = integer_setting(batch_size, "batch_size")
     if isinstance(layers, str):
         layers = [layers]
     if layers is not None:
@@ -352,9 +352,8 @@ def _check_settings(tolerance, pca_tolerance, repeats, sample_cap, unit) -> None
         raise FuFastError(f"tolerance must be in [0, 1), got {tolerance}")
     if not 0.0 <= pca_tolerance < 1.0:
         raise FuFastError(f"pca_tolerance must be in [0, 1), got {pca_tolerance}")
-    for name, value, least in (("repeats", repeats, 1), ("sample_cap", sample_cap, 2)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-            raise FuFastError(f"{name} must be an integer of at least {least}, got {value!r}")
+    integer_setting(repeats, "repeats")
+    integer_setting(sample_cap, "sample_cap", least=2)
     if unit not in UNITS:
         raise FuFastError(f"unit must be one of {', '.join(UNITS)}, got '{unit}'")
 

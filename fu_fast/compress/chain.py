@@ -44,9 +44,6 @@ class Stage:
     consumer: int
     notes: list[str] = field(default_factory=list)
 
-    def names(self, children) -> tuple[str, str, str]:
-        return children[self.producer][0], self.layer, children[self.consumer][0]
-
 
 def check_sequential(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The model's children, or FuFastError if it is not a chain compress can thin."""

@@ -14,7 +14,7 @@ from torch import nn
 from ..analysis.inputs import Batches
 from ..analysis.masks import sampling_seed
 from ..analysis.pca import redundancy
-from ..errors import FuFastError
+from ..errors import FuFastError, integer_setting
 from . import chain, refactor, search
 
 SCHEMA = "fu-fast/compress/1"
@@ -234,5 +234,4 @@ def _check_settings(method, tolerance, pca_tolerance, search_method, repeats, sa
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= top:
             raise FuFastError(f"{name} must be in [0, 1{']' if top == 1.0 else ')'}, got {value!r}")
     for name, value in (("repeats", repeats), ("sample_cap", sample_cap), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise FuFastError(f"{name} must be a positive integer, got {value!r}")
+        integer_setting(value, name)

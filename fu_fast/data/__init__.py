@@ -24,9 +24,8 @@ from __future__ import annotations
 
 from torch.utils.data import Dataset, Subset
 
-from ..errors import FuFastError
+from ..errors import FuFastError, integer_setting
 from . import cifar10, imagenet, synthetic
-from ._common import positive_int
 from .labels import RandomLabels
 
 NAMES = ("synthetic", "cifar10", "imagenet")
@@ -62,7 +61,7 @@ def load(name: str, split: str, *, data_dir=None, random_labels: bool = False, s
         dataset = synthetic.SyntheticDataset(split, input_dim=input_dim, seed=seed)
         options = {"input_dim": input_dim}
     else:
-        size = NATIVE_SIZE[name] if image_size is None else positive_int(image_size, f"{name}: image_size")
+        size = NATIVE_SIZE[name] if image_size is None else integer_setting(image_size, f"{name}: image_size")
         if name == "cifar10":
             dataset = cifar10.CIFAR10(data_dir, split, augment=augment, image_size=size)
         else:

@@ -3,14 +3,6 @@
 import numpy as np
 import torch
 
-from ..errors import FuFastError
-
-
-def positive_int(value, what: str) -> int:
-    """`value` if it is a positive int (not a bool), else a one-line FuFastError."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise FuFastError(f"{what} must be a positive integer, got {value!r}")
-    return value
 
 
 def one_line(error: Exception) -> str:

@@ -19,7 +19,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import FuFastError
-from ._common import generator, positive_int
+from ..errors import integer_setting
+from ._common import generator
 
 EXAMPLES = {"train": 1000, "test": 1000}
 TEACHER_HIDDEN = 32
@@ -40,7 +41,7 @@ def _linear(fan_in: int, fan_out: int, gen: torch.Generator) -> nn.Linear:
 
 def generate(input_dim: int, seed: int):
     """(inputs (2000, input_dim) float32, labels (2000,) int64, teacher): train rows first."""
-    positive_int(input_dim, "synthetic: input_dim")
+    integer_setting(input_dim, "synthetic: input_dim")
     gen = generator(seed, 0)
     n_train, n = EXAMPLES["train"], sum(EXAMPLES.values())
     inputs = torch.randn(n, input_dim, generator=gen)

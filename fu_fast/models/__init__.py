@@ -33,7 +33,7 @@ import numbers
 import torch
 from torch import nn
 
-from ..errors import FuFastError
+from ..errors import FuFastError, integer_setting
 # Each family registers itself when imported; this order is the paper's, which names() keeps.
 from . import mlp, alexnet, resnet_cifar, resnet, inception  # noqa: F401,I001
 from .init import canonical, initialize
@@ -116,10 +116,7 @@ def _check_option(key: str, value, defaults: dict):
                 isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in value):
             return [int(v) for v in value]
         raise FuFastError(f"units must be 4 positive integers (conv1, conv2, fc3, fc4), got {value!r}")
-    smallest = {"num_classes": 2, "input_dim": 1, "input_size": 1}[key]
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= smallest:
-        return int(value)
-    raise FuFastError(f"{key} must be an integer >= {smallest}, got {value!r}")
+    return integer_setting(value, key, least={"num_classes": 2, "input_dim": 1, "input_size": 1}[key])
 
 
 def _is_real(value) -> bool:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from ..analysis import AnalysisResult, LayerResult, gain
 from ..errors import FuFastError
+from ..sweep.runner import SWEEP_SCHEMA
 
-SWEEP_SCHEMA = "fu-fast/sweep/1"
 REPORT_SCHEMA = "fu-fast/report/1"
 QUANTITIES = ("prunability", "redundancy", "non_prunable", "non_redundant")
 COLUMNS = ("parameters", "accuracy") + QUANTITIES     # the columns of a series table that get a g
@@ -31,7 +31,7 @@ SD_NOTE = "sd: sample standard deviation over trials (ddof=1; 0 for a single tri
 
 
 @dataclass
-class Member:
+class MemberResult:
     """A done member of the sweep: its place in the series and what was measured."""
     id: str
     series: str
@@ -57,12 +57,12 @@ class Member:
 class Sweep:
     path: Path
     name: str
-    members: list[Member]     # done, in the order of sweep.json
+    members: list[MemberResult]     # done, in the order of sweep.json
     missing: list[str]        # ids of the members that are not reported (pending, or no analysis.json)
 
-    def series(self) -> dict[str, list[Member]]:
+    def series(self) -> dict[str, list[MemberResult]]:
         """The members grouped by series, series in order of first appearance."""
-        groups: dict[str, list[Member]] = {}
+        groups: dict[str, list[MemberResult]] = {}
         for member in self.members:
             groups.setdefault(member.series, []).append(member)
         return groups
@@ -84,7 +84,7 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
             continue
         # A damaged member file is named by its reader (AnalysisResult.load names analysis.json):
         # the entry in sweep.json is fine.
-        members.append(Member(*fields, AnalysisResult.load(folder / "analysis.json"), _read_histograms(folder),
+        members.append(MemberResult(*fields, AnalysisResult.load(folder / "analysis.json"), _read_histograms(folder),
                               _read_run(folder / "run.json")))
     if not members:
         raise FuFastError(f"{sweep_dir}: no member of the sweep is done yet "
@@ -93,7 +93,7 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
 
 
 def _member_entry(sweep_dir: Path, entry) -> tuple[Path, str, tuple]:
-    """A member entry of sweep.json: its folder (inside the sweep), status, and Member fields."""
+    """A member entry of sweep.json: its folder (inside the sweep), status, and MemberResult fields."""
     try:
         folder = sweep_dir / entry["dir"]
         if not folder.resolve().is_relative_to(sweep_dir.resolve()):
@@ -154,7 +154,7 @@ def _one_line(error: Exception) -> str:
 
 # ---------------------------------------------------------------------------------------- numbers
 
-def is_normalized(members: list[Member]) -> bool:
+def is_normalized(members: list[MemberResult]) -> bool:
     return all(layer.reference_units and layer.reference_ablation_units
                for m in members for layer in m.analysis.layers.values())
 
@@ -169,7 +169,7 @@ def layer_values(layer: LayerResult, normalized: bool) -> dict[str, float]:
             "non_redundant": (layer.units - layer.redundant_units) / redund_scale}
 
 
-def network_values(member: Member, normalized: bool) -> dict[str, float]:
+def network_values(member: MemberResult, normalized: bool) -> dict[str, float]:
     """Mean over layers, each layer weighted equally: normalised, this is the document's summary."""
     per_layer = [layer_values(layer, normalized) for layer in member.analysis.layers.values()]
     return {q: sum(v[q] for v in per_layer) / len(per_layer) for q in QUANTITIES}
@@ -206,7 +206,7 @@ def summarize_sweep(sweep: Sweep) -> dict:
     labels = _labels(sweep)
     for series, members in sweep.series().items():
         normalized = is_normalized(members)
-        by_width: dict[float, list[Member]] = {}
+        by_width: dict[float, list[MemberResult]] = {}
         for m in sorted(members, key=lambda m: (m.width, m.trial)):
             by_width.setdefault(m.width, []).append(m)
         rows, layer_rows = [], {name: [] for name in members[0].analysis.layers}

@@ -139,12 +139,9 @@ class Member:
         model, label = self.series.split("/", 1)   # model names have no "/"; labels are any text
         return f"{model}/{folder_name(label)}/w{self.width:g}/t{self.trial}"
 
-    @property
-    def id(self) -> str:
-        return self.dir
-
     def record(self, status: str) -> dict:
-        return {"id": self.id, "dir": self.dir, "model": self.model, "width": self.width, "trial": self.trial,
+        # "id" and "dir" are both in the record format (docs/sweep-format.md): the same path.
+        return {"id": self.dir, "dir": self.dir, "model": self.model, "width": self.width, "trial": self.trial,
                 "series": self.series, "variant": self.variant, "status": status}
 
 
@@ -301,7 +298,7 @@ def _check_members(config: SweepConfig, vary: dict) -> None:
     seen = set()
     for member in members:
         if member.dir in seen:
-            raise FuFastError(f"member {member.id} comes twice: a model, a width (to 6 digits) or a [vary] or "
+            raise FuFastError(f"member {member.dir} comes twice: a model, a width (to 6 digits) or a [vary] or "
                               f"[[variants]] value is repeated")
         seen.add(member.dir)
     ignored_by_all = dict.fromkeys(config.train, "")   # the [train] keys no member has used so far, and why
@@ -320,12 +317,12 @@ def _check_members(config: SweepConfig, vary: dict) -> None:
                 raise FuFastError(f"patience: early stopping needs a validation split, and {resolved.data} data "
                                   f"has none")
         except FuFastError as e:
-            raise FuFastError(f"member {member.id}: {e}") from None
+            raise FuFastError(f"member {member.dir}: {e}") from None
         for key in member.variant:
             why = unused_because(key, resolved)
             if why:
                 raise FuFastError(f"{'[vary]' if key in vary else '[[variants]]'} {key} changes nothing for member "
-                                  f"{member.id} ({why}): leave it out")
+                                  f"{member.dir} ({why}): leave it out")
         for key in list(ignored_by_all):
             ignored_by_all[key] = unused_because(key, resolved)
             if ignored_by_all[key] is None:

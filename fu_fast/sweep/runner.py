@@ -72,7 +72,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, shard: Shard = Shard(
     damaged = _check_same_sweep(out_dir, config, members, data_dir, device)
     _check_data_and_device(config, members, data_dir, device)
     for member, damage in damaged:
-        warnings.warn(f"sweep member {member.id}: {damage}; it counts as not done, and its analysis is redone "
+        warnings.warn(f"sweep member {member.dir}: {damage}; it counts as not done, and its analysis is redone "
                       f"(the training is kept)", SweepWarning, stacklevel=2)
     write_sweep(out_dir, config, members)
     for position, member in enumerate(members):
@@ -85,7 +85,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, shard: Shard = Shard(
         try:
             run_member(config, member, member_path(out_dir, member), data_dir=data_dir, device=device, quiet=quiet)
         except FuFastError as e:
-            raise FuFastError(f"sweep member {member.id}: {e}") from None
+            raise FuFastError(f"sweep member {member.dir}: {e}") from None
         normalize_series(out_dir, members, member.series)
         if on_member is not None:
             on_member(member, "done")
@@ -191,23 +191,23 @@ def _check_same_sweep(out_dir: Path, config: SweepConfig, members: list[Member],
             try:
                 check_same_training(folder, run["settings"], config.train_config(member, data_dir, device).resolve())
             except FuFastError as e:
-                raise FuFastError(f"sweep member {member.id}: {e}") from None
+                raise FuFastError(f"sweep member {member.dir}: {e}") from None
         try:
             if read_analysis(folder / ANALYSIS_FILE) is None:
                 continue
         except FuFastError as e:
             damaged.append((member, str(e)))
             continue
-        before = _recorded_analysis(record, recorded.get(member.id))
+        before = _recorded_analysis(record, recorded.get(member.dir))
         if before is None:
-            raise FuFastError(f"{out_dir} holds member {member.id} analysed, but no {SWEEP_FILE} record of how: "
+            raise FuFastError(f"{out_dir} holds member {member.dir} analysed, but no {SWEEP_FILE} record of how: "
                               f"use another --out, or delete {folder / ANALYSIS_FILE} to analyse it again")
         if before != settings:
             key = next(k for k in sorted(set(before) | set(settings)) if before.get(k) != settings.get(k))
-            raise FuFastError(f"{out_dir} holds a different sweep: member {member.id} was analysed with "
+            raise FuFastError(f"{out_dir} holds a different sweep: member {member.dir} was analysed with "
                               f"{key}={show(before.get(key))}, not {show(settings.get(key))}; use another --out, or "
                               f"delete {folder / ANALYSIS_FILE} to analyse it again")
-    ids = {m.id for m in members}
+    ids = {m.dir for m in members}
     for entry in recorded.values():
         if entry["id"] in ids:
             continue

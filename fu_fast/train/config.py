@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .. import models
-from ..errors import FuFastError
+from ..errors import FuFastError, integer_setting
 
 OPTIMIZERS = ("sgd_momentum", "sgd", "adam", "rmsprop")
 
@@ -59,8 +59,7 @@ class TrainConfig:
                 setattr(resolved, name, value)
         if not resolved.k > 0:
             raise FuFastError(f"k must be positive, got {resolved.k}")
-        if isinstance(resolved.batch_size, bool) or not isinstance(resolved.batch_size, int) or resolved.batch_size < 1:
-            raise FuFastError(f"batch size must be a positive integer, got {resolved.batch_size!r}")
+        integer_setting(resolved.batch_size, "batch size")
         # A small k may scale a small batch below one example: one is the least there is.
         resolved.batch_size = max(1, round(resolved.batch_size * resolved.k))
         resolved.lr = resolved.lr * resolved.k

@@ -29,7 +29,7 @@ from torch import nn
 from .. import __version__, models
 from ..atomic import write_atomic
 from ..devices import resolve_device
-from ..errors import FuFastError
+from ..errors import FuFastError, integer_setting
 from .grid import write_grid
 from .render import OBJECTIVES, COLOR_CORRELATION_SQRT, Transforms, visualize
 from .score import frequency_total_variation, total_variation
@@ -92,12 +92,6 @@ def normalization(data: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(MEAN), tuple(STD)
 
 
-def _positive_int(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise FuFastError(f"{what} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _layer_channels(subject: Subject, layers: Sequence[str], image_size: int, device: torch.device) -> dict[str, int]:
     """Units (channels or features) of each layer, from one forward pass at ``image_size``; this
     also checks that the model takes images of that size and that each layer outputs a tensor."""
@@ -139,10 +133,10 @@ def check_settings(*, units=8, steps=256, shufflings=SHUFFLINGS, batch_size=None
     """FuFastError for a setting run_experiment cannot use; cheap, so a command can check its
     options before it loads (or builds) two models."""
     for value, what in ((units, "units"), (steps, "steps"), (shufflings, "shufflings")):
-        _positive_int(value, what)
+        integer_setting(value, what)
     for value, what in ((batch_size, "batch_size"), (image_size, "image_size")):
         if value is not None:
-            _positive_int(value, what)
+            integer_setting(value, what)
     if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise FuFastError(f"the learning rate must be a positive number, got {lr!r}")
     if objective not in OBJECTIVES:
@@ -166,7 +160,7 @@ def run_experiment(thin: Subject, wide: Subject, out_dir: str | Path, *, units: 
                           f"{c_wide['name']}; compare two widths of one model")
     check_settings(units=units, steps=steps, shufflings=shufflings, batch_size=batch_size, lr=lr,
                    objective=objective, alternative=alternative, image_size=image_size)
-    image_size = _positive_int(image_size if image_size is not None else c_thin["options"]["input_size"],
+    image_size = integer_setting(image_size if image_size is not None else c_thin["options"]["input_size"],
                                "image_size")
     defaults = models.analysis_layers(thin.model)
     layers = list(dict.fromkeys(layers)) if layers else defaults

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..errors import FuFastError
+from ..errors import FuFastError, integer_setting
 
 ALTERNATIVES = ("greater", "less")
 SHUFFLINGS = 100_000
@@ -73,8 +73,7 @@ def permutation_test(first, second, *, shufflings: int = SHUFFLINGS, alternative
         raise FuFastError("the permutation test needs at least one value in each sample")
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise FuFastError("the permutation test got NaN or infinite values")
-    if isinstance(shufflings, bool) or not isinstance(shufflings, (int, np.integer)) or shufflings < 1:
-        raise FuFastError(f"shufflings must be a positive integer, got {shufflings!r}")
+    shufflings = integer_setting(shufflings, "shufflings")
     n1, n = len(x), len(x) + len(y)
     twice_ranks = np.rint(2 * rank_data(np.concatenate([x, y]))).astype(np.int64)
     observed = int(twice_ranks[:n1].sum())
