@@ -51,3 +51,15 @@ def write_cifar10(root, per_batch: int = 20, seed: int = 0, str_keys_in_first: b
         pickle.dump({b"label_names": [f"class{i}".encode() for i in range(10)], b"num_cases_per_batch": per_batch,
                      b"num_vis": 3072}, f)
     return written
+
+
+def one_error_line(result, *fragments) -> str:
+    """A command's refusal: exit code 2, and stderr exactly one line starting with `error: ` that
+    holds every fragment and never PyTorch's advice to load unsafely. Returns the line."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert "weights_only" not in lines[0], lines[0]
+    return lines[0]

@@ -8,22 +8,13 @@ from typer.testing import CliRunner
 
 from fu_fast.cli.app import app
 
-from conftest import write_cifar10
+from conftest import one_error_line, write_cifar10
 
 runner = CliRunner()
 
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def one_error_line(result, *fragments):
-    """Exit code 2, and stderr is exactly one line starting with `error:` that names the problem."""
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_info_lists_the_build():

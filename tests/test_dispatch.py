@@ -186,19 +186,13 @@ def test_cupy_launcher_checks_what_the_compiled_launcher_checks():
         jit.covariance_accumulate(16, 0, 1, 32 * 65536, 1, 1, 1, 0, 16, 1, 16, 16, 16, workspace=16, stream=0)
 
 
-@pytest.mark.parametrize("source, kernels_expected", [
-    ("ablation_cuda.cu", ["fu_permutation_ranks", "fu_expand_masked_vec16", "fu_expand_masked_scalar",
-                          "fu_label_agreement"]),
-    ("covariance_cuda.cu", ["fu_covariance_batch_mean", "fu_covariance_cross", "fu_covariance_merge_comoment",
-                            "fu_covariance_merge_mean"])])
-def test_cuda_sources_compile_at_run_time_with_nvrtc(source, kernels_expected):
-    """What cupy's RawModule does on a GPU machine, done here with NVRTC directly: the .cu file
-    compiles with the options fu_fast.cupy_kernels passes and defines every kernel it launches."""
+def nvrtc_ptx(code: bytes, program_name: str, options: tuple[str, ...]) -> bytes:
+    """What cupy's RawModule does on a GPU machine, done here with NVRTC directly: the PTX of a
+    program, or a test failure showing NVRTC's log."""
     nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="NVRTC's Python bindings (cuda-bindings)")
-    code = (cupy_kernels.source_dir() / "cuda" / source).read_bytes()
-    _, program = nvrtc.nvrtcCreateProgram(code, source.encode(), 0, [], [])
-    options = [o.encode() for o in cupy_kernels.compile_options("compute_80")]
-    (result,) = nvrtc.nvrtcCompileProgram(program, len(options), options)
+    _, program = nvrtc.nvrtcCreateProgram(code, program_name.encode(), 0, [], [])
+    encoded = [o.encode() for o in options]
+    (result,) = nvrtc.nvrtcCompileProgram(program, len(encoded), encoded)
     # NVRTC writes into the buffers it is given: they must be mutable (a bytes object such as
     # b" " * 1 is an interned singleton, and overwriting it corrupts the interpreter).
     _, size = nvrtc.nvrtcGetProgramLogSize(program)
@@ -208,7 +202,19 @@ def test_cuda_sources_compile_at_run_time_with_nvrtc(source, kernels_expected):
     _, size = nvrtc.nvrtcGetPTXSize(program)
     ptx = bytearray(size)
     nvrtc.nvrtcGetPTX(program, ptx)
-    assert sorted(re.findall(rb"\.entry (\w+)", bytes(ptx))) == sorted(k.encode() for k in kernels_expected)
+    return bytes(ptx)
+
+
+@pytest.mark.parametrize("source, kernels_expected", [
+    ("ablation_cuda.cu", ["fu_permutation_ranks", "fu_expand_masked_vec16", "fu_expand_masked_scalar",
+                          "fu_label_agreement"]),
+    ("covariance_cuda.cu", ["fu_covariance_batch_mean", "fu_covariance_cross", "fu_covariance_merge_comoment",
+                            "fu_covariance_merge_mean"])])
+def test_cuda_sources_compile_at_run_time_with_nvrtc(source, kernels_expected):
+    """The .cu file compiles with the options fu_fast.cupy_kernels passes and defines every kernel
+    it launches."""
+    ptx = nvrtc_ptx(cupy_kernels.program_text(source).encode(), source, cupy_kernels.compile_options("compute_80"))
+    assert sorted(re.findall(rb"\.entry (\w+)", ptx)) == sorted(k.encode() for k in kernels_expected)
 
 
 @pytest.mark.parametrize("source", ["ablation_cuda.cu", "covariance_cuda.cu"])
@@ -218,20 +224,10 @@ def test_kernels_keep_subnormals_when_compiled_with_flush_to_zero(source, tmp_pa
     into one flushing subnormals to zero, or the cupy path would differ from the CPU's bits.
     Compiled under a program name in a directory whose parent holds a poisoned ablation.h,
     covariance.h and common.h, as a stray file in the system's temporary directory would be."""
-    nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="NVRTC's Python bindings (cuda-bindings)")
     for header in ("ablation.h", "covariance.h", "common.h", "permutation.h"):
         (tmp_path / header).write_text('#error "a stray header was included"\n')
     (tmp_path / "program").mkdir()
-    code = cupy_kernels.program_text(source).encode()
-    _, program = nvrtc.nvrtcCreateProgram(code, str(tmp_path / "program" / "kern.cu").encode(), 0, [], [])
-    options = [o.encode() for o in cupy_kernels.compile_options("compute_90") + ("-ftz=true",)]
-    (result,) = nvrtc.nvrtcCompileProgram(program, len(options), options)
-    _, size = nvrtc.nvrtcGetProgramLogSize(program)
-    log = bytearray(size)
-    nvrtc.nvrtcGetProgramLog(program, log)
-    assert result == nvrtc.nvrtcResult.NVRTC_SUCCESS, bytes(log).decode()
-    _, size = nvrtc.nvrtcGetPTXSize(program)
-    ptx = bytearray(size)
-    nvrtc.nvrtcGetPTX(program, ptx)
-    assert not re.findall(rb"\S*\.ftz\S*", bytes(ptx))
-    assert b".f32" not in bytes(ptx)
+    ptx = nvrtc_ptx(cupy_kernels.program_text(source).encode(), str(tmp_path / "program" / "kern.cu"),
+                    cupy_kernels.compile_options("compute_90") + ("-ftz=true",))
+    assert not re.findall(rb"\S*\.ftz\S*", ptx)
+    assert b".f32" not in ptx

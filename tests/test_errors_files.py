@@ -27,7 +27,7 @@ from fu_fast import FuFastError, data, models
 from fu_fast.cli.app import app
 from fu_fast.train import TrainConfig, load_model, read_run, train
 
-from conftest import write_cifar10
+from conftest import one_error_line, write_cifar10
 
 runner = CliRunner()
 PER_BATCH = 4
@@ -44,16 +44,6 @@ def refused(call, *fragments):
     for fragment in fragments:
         assert fragment in message, message
     return message
-
-
-def one_error_line(result, *fragments):
-    """Exit code 2, and stderr is exactly one line starting with `error: ` that names the problem."""
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    assert "weights_only" not in lines[0]
 
 
 def invoke(*args):

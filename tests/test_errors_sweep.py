@@ -20,7 +20,7 @@ from fu_fast.report import summarize, write_report
 from fu_fast.sweep import SweepWarning, load_config, run_sweep
 from fu_fast.sweep.config import folder_name
 
-from conftest import write_cifar10
+from conftest import one_error_line, write_cifar10
 
 runner = CliRunner()
 
@@ -53,15 +53,6 @@ def refused(call, *fragments) -> str:
     for fragment in fragments:
         assert fragment in message, message
     return message
-
-
-def one_error_line(result, *fragments):
-    """Exit code 2, and stderr is exactly one line starting with `error:` that names the problem."""
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def nothing_in(folder) -> bool:
