@@ -30,3 +30,35 @@ def test_gpu_benchmark_code_path_runs_on_the_cpu(tmp_path):
     assert case["flops"] > case["suffix_flops"] > 0 and case["measured_over_floor"] > 0
     assert case["bf16_prunable_shift"]["max_abs_shift"] >= case["bf16_prunable_shift"]["mean_abs_shift"] >= 0
     assert set(case["prunable_fraction"]) == {f"layer{s}.{b}" for s in range(1, 5) for b in range(2)}
+
+
+def test_gpu_check_script_runs_every_step_and_reports_each(tmp_path):
+    """benchmarks/gpu_check.sh with its commands replaced by stand-ins (no GPU here): every step
+    runs even after one fails, summary.md has one row per step and each step's output, and the
+    exit status is the first failure's."""
+    import os
+    import stat
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.sh"
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    stand_ins = {"pip": 'echo "pip $*"', "pytest": 'echo "pytest $*"; exit 5',
+                 "nvidia-smi": 'echo "NVIDIA H100, 570.00, 81559 MiB"',
+                 "fu-fast": 'echo "fu-fast $*"; [ "$1" = bench ] && exit 3; exit 0'}
+    for name, body in stand_ins.items():
+        path = fake_bin / name
+        path.write_text(f"#!/usr/bin/env bash\n{body}\n")
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    out = tmp_path / "out"
+    run = subprocess.run(["bash", str(script)], capture_output=True, text=True,
+                         env={**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "OUT": str(out)})
+    assert run.returncode == 5, run.stdout + run.stderr          # pytest failed first
+    summary = (out / "summary.md").read_text()
+    for row in ("| build | 0 |", "| info-check | 0 |", "| pytest-cuda | 5 |", "| bench-gpu | 3 |"):
+        assert row in summary, summary
+    assert "NVIDIA H100" in summary and "fu-fast info --check" in summary
+    assert "fu-fast bench gpu --widths 1 4 --images 1000 --naive-images 64 --json" in summary
+    assert sorted(p.name for p in out.iterdir()) == ["bench-gpu.txt", "build.txt", "info-check.txt",
+                                                     "pytest-cuda.txt", "summary.md"]

@@ -231,3 +231,52 @@ def test_kernels_keep_subnormals_when_compiled_with_flush_to_zero(source, tmp_pa
                     cupy_kernels.compile_options("compute_90") + ("-ftz=true",))
     assert not re.findall(rb"\S*\.ftz\S*", ptx)
     assert b".f32" not in ptx
+
+
+class FakeCupy:
+    """Just enough of cupy to see on which device the kernels are loaded: a RawModule binds its
+    functions to the device current when they are fetched."""
+
+    def __init__(self):
+        self.current, self.fetched, self.codes = 0, [], []
+        fake = self
+
+        class Device:
+            def __init__(self, index):
+                self.index = index
+
+            def __enter__(self):
+                self.previous, fake.current = fake.current, self.index
+
+            def __exit__(self, *exc):
+                fake.current = self.previous
+
+        class RawModule:
+            def __init__(self, code, options):
+                fake.codes.append((code, options))
+
+            def get_function(self, name):
+                fake.fetched.append((name, fake.current))
+                return name
+
+        self.cuda = types.SimpleNamespace(Device=Device)
+        self.RawModule = RawModule
+
+
+def test_cupy_kernels_are_loaded_on_the_device_they_run_on(monkeypatch):
+    import sys
+
+    fake = FakeCupy()
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    cupy_kernels.load.cache_clear()
+    try:
+        on_one, on_zero = cupy_kernels.load(1), cupy_kernels.load(0)
+        assert cupy_kernels.load(1) is on_one and on_one is not on_zero       # once per device
+    finally:
+        cupy_kernels.load.cache_clear()
+    assert {device for _, device in fake.fetched[:8]} == {1} and {device for _, device in fake.fetched[8:]} == {0}
+    assert fake.current == 0
+    # The program text holds the digest of the headers (cupy's cache key), and headers are found
+    # through -I only.
+    code, options = fake.codes[0]
+    assert code.startswith("// fu-fast headers sha256 ") and options == cupy_kernels.compile_options()
