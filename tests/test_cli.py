@@ -204,3 +204,18 @@ def test_gpu_benchmark_without_a_gpu_is_a_clear_error():
     result = invoke("bench", "gpu")
     assert result.exit_code == 2 and "no usable CUDA device" in result.stderr
 
+
+
+def test_the_command_line_starts_without_torch():
+    """`fu-fast --help` and every command's help answer at once: the command line's modules and the
+    package's top level import torch (1.5 s and more) only inside the commands that use it."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, fu_fast, fu_fast.cli.app; "
+             "from fu_fast.cli.app import app; from typer.testing import CliRunner; "
+             "assert CliRunner().invoke(app, ['analyze', '--help']).exit_code == 0; "
+             "print(sorted(m for m in ('torch', 'torchvision', 'numpy', 'matplotlib') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd="/")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
