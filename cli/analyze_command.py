@@ -11,6 +11,7 @@ from rich.table import Table
 
 import fu_fast
 from fu_fast.atomic import check_writable_file
+from fu_fast.analysis.settings import DEFAULTS, HELP
 from fu_fast.errors import FuFastError
 
 from .console import ProgressBar, err, out, user_errors
@@ -42,13 +43,14 @@ def analyze(
     limit: Optional[int] = typer.Option(None, help="analyse only the first N examples"),
     layers: Optional[List[str]] = typer.Option(None, "--layers",
                                                help="layer to analyse (repeatable) [default: the model's]"),
-    tolerance: float = typer.Option(0.2, help="label-agreement tolerance of the prunable fraction"),
-    pca_tolerance: float = typer.Option(0.05, help="variance share the kept components may leave out"),
-    repeats: int = typer.Option(3, help="random ablation orders; the prunable fraction is their max"),
-    levels: int = typer.Option(21, help="ablation fractions from 0 to 1"),
-    sample_cap: int = typer.Option(50_000, help="most sampled positions per conv layer for redundancy"),
-    unit: Unit = typer.Option(Unit.position, help="conv ablation unit: every position, or whole channels"),
-    seed: int = typer.Option(0, help="seed of the masks, the position sample and an untrained model's weights"),
+    tolerance: float = typer.Option(DEFAULTS.tolerance, help=HELP["tolerance"]),
+    pca_tolerance: float = typer.Option(DEFAULTS.pca_tolerance, help=HELP["pca_tolerance"]),
+    repeats: int = typer.Option(DEFAULTS.repeats, help=HELP["repeats"]),
+    levels: int = typer.Option(DEFAULTS.levels, help="number of ablation fractions from 0 to 1"),
+    sample_cap: int = typer.Option(DEFAULTS.sample_cap, help=HELP["sample_cap"]),
+    unit: Unit = typer.Option(DEFAULTS.unit, help=HELP["unit"]),
+    seed: int = typer.Option(DEFAULTS.seed, help="seed of the masks, the position sample and an untrained model's "
+                                                 "weights"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N [default: cuda if usable; under torchrun, "
                                                     "the local rank's GPU]"),
     batch_size: Optional[int] = typer.Option(None, help="rows per batch (results do not depend on it)"),

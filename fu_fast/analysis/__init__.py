@@ -1,7 +1,26 @@
-"""The analysis engine: one module per concept of docs/definitions.md."""
+"""The analysis engine: one module per concept of docs/definitions.md.
 
-from .engine import analyze
-from .gain import gain
-from .result import AnalysisResult, LayerResult
+The engine and results import torch and are loaded on first use, so that the settings
+(fu_fast.analysis.settings), which the command line reads for its defaults, load without it.
+"""
 
-__all__ = ["analyze", "gain", "AnalysisResult", "LayerResult"]
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {"analyze": "engine", "gain": "gain", "AnalysisResult": "result", "LayerResult": "result",
+         "AnalysisSettings": "settings"}
+
+__all__ = ["analyze", "gain", "AnalysisResult", "LayerResult", "AnalysisSettings"]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'fu_fast.analysis' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -13,9 +13,8 @@ covariances become components, redundant units and |r| quantiles.
 from __future__ import annotations
 
 import contextlib
-import numbers
 import time
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -28,16 +27,17 @@ from . import ablation, layers as layer_lib, masks, pca
 from .covariance import CovarianceAccumulator, PositionSample
 from .inputs import Batches
 from .result import AnalysisResult, LayerResult
+from .settings import DEFAULTS, AnalysisSettings
 
-UNITS = ("position", "channel")
 PRECISIONS = ("fp32", "tf32", "bf16")
 DEFAULT_CPU_BUDGET = 1 << 30   # bytes for one chunk of masked passes on the CPU
 _DTYPE_NAMES = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tolerance: float = 0.2,
-            pca_tolerance: float = 0.05, repeats: int = 3, levels=21, sample_cap: int = 50_000,
-            unit: str = "position", seed: int = 0, device=None, batch_size: int | None = None,
+def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None,
+            tolerance: float = DEFAULTS.tolerance, pca_tolerance: float = DEFAULTS.pca_tolerance,
+            repeats: int = DEFAULTS.repeats, levels=DEFAULTS.levels, sample_cap: int = DEFAULTS.sample_cap,
+            unit: str = DEFAULTS.unit, seed: int = DEFAULTS.seed, device=None, batch_size: int | None = None,
             precision: str | None = None, channels_last: bool = False,
             memory_budget: int | None = None, model_info: dict | None = None,
             data_info: dict | None = None, trial: int | None = None,
@@ -76,13 +76,9 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
             Default: when torch.distributed is initialised with more than one process
             (torchrun). The data must then be a tensor or a map-style Dataset.
     """
-    _check_settings(tolerance, pca_tolerance, repeats, sample_cap, unit)
-    if isinstance(levels, (bool, str)) or not isinstance(levels, (numbers.Integral, Iterable)):
-        raise FuFastError(f"levels must be an integer (the number of fractions) or a list of fractions, got {levels!r}")
-    try:
-        grid = masks.level_grid(levels)
-    except (TypeError, ValueError) as e:
-        raise FuFastError(str(e)) from None
+    settings = AnalysisSettings(tolerance=tolerance, pca_tolerance=pca_tolerance, repeats=repeats, levels=levels,
+                                sample_cap=sample_cap, unit=unit, seed=seed)
+    grid = settings.grid
     if batch_size is not None:
         batch_size = integer_setting(batch_size, "batch_size")
     if isinstance(layers, str):
@@ -91,7 +87,6 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
         repeated = sorted({name for name in layers if list(layers).count(name) > 1})
         if repeated:   # its agreement counts would be added twice
             raise FuFastError(f"layer {', '.join(repr(n) for n in repeated)} is named more than once")
-    repeats, sample_cap = int(repeats), int(sample_cap)   # plain ints in the result document
     device = resolve_device(device if device is not None else _model_device(model))
     dtype = _model_dtype(model)
     precision = _check_precision(precision, dtype)
@@ -109,7 +104,7 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
     try:
         with torch.inference_mode(), _numerics(device, precision):
             layer_records, counts, correct = _one_pass(
-                model, batches, layers, grid, repeats, sample_cap, unit, seed, device, dtype,
+                model, batches, layers, settings, device, dtype,
                 channels_last, memory_budget, progress)
             if group is not None:
                 _combine(layer_records, counts, correct, device)
@@ -123,14 +118,14 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
         curves = plan.curves(counts[layer.name].cpu().numpy(), batches.examples)
         covariance = accumulator.covariance()
         try:
-            red = pca.redundancy(covariance, pca_tolerance)
+            red = pca.redundancy(covariance, settings.pca_tolerance)
         except ValueError as e:
             raise FuFastError(f"layer '{layer.name}': {e}") from None
         corr = pca.correlation(covariance)
         results[layer.name] = LayerResult(
             name=layer.name, kind=layer.kind, units=layer.units, ablation_units=layer.ablation_units,
             curves=curves,
-            prunable_fraction=max(ablation.prunable_fraction(grid, c, tolerance) for c in curves),
+            prunable_fraction=max(ablation.prunable_fraction(grid, c, settings.tolerance) for c in curves),
             samples=accumulator.samples, components=red.components, redundant_units=red.redundant_units,
             explained_variance_ratio=red.explained_variance_ratio,
             mean_abs_r=corr.mean_abs_r, abs_r_quantiles=corr.abs_r_quantiles,
@@ -146,21 +141,20 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None, tole
                  or {})
     data_doc = {"name": dinfo.pop("name", batches.name), "examples": batches.examples,
                 "split": dinfo.pop("split", "given"), "options": dinfo.pop("options", {})}
-    settings = {"tolerance": tolerance, "pca_tolerance": pca_tolerance, "repeats": repeats,
-                "levels": grid, "sample_cap": sample_cap, "unit": unit, "seed": seed,
-                "precision": precision, "device": str(device)}
+    record = {**settings.record(), "precision": precision, "device": str(device)}
     return AnalysisResult(
-        model=model_doc, data=data_doc, settings=settings, layers=results, trial=trial,
+        model=model_doc, data=data_doc, settings=record, layers=results, trial=trial,
         timing={"seconds": time.perf_counter() - started, "passes_over_data": batches.passes},
         build={"version": kernels.compiled_version(), "backend": kernels.backend_for(device),
                "kernels": kernel_backend})
 
 
-def _one_pass(model, batches, layer_names, grid, repeats, sample_cap, unit, seed, device, dtype,
+def _one_pass(model, batches, layer_names, settings: AnalysisSettings, device, dtype,
               channels_last, memory_budget, progress):
     probe = _prepare(batches.first(), device, dtype, channels_last)
     try:
-        analysed = layer_lib.resolve(model, probe[:16], list(layer_names) if layer_names is not None else None, unit)
+        analysed = layer_lib.resolve(model, probe[:16], list(layer_names) if layer_names is not None else None,
+                                     settings.unit)
     except FuFastError:
         raise
     except Exception as e:  # the model itself failed on the probe batch
@@ -168,9 +162,10 @@ def _one_pass(model, batches, layer_names, grid, repeats, sample_cap, unit, seed
 
     records = []
     for layer in analysed:
-        plan = masks.MaskPlan.build(layer.name, layer.ablation_units, grid, repeats, seed)
-        cap = sample_cap if layer.kind == "conv" else None
-        sample = PositionSample(batches.examples, layer.spatial, cap, masks.sampling_seed(seed, layer.name), device)
+        plan = masks.MaskPlan.build(layer.name, layer.ablation_units, settings.grid, settings.repeats, settings.seed)
+        cap = settings.sample_cap if layer.kind == "conv" else None
+        sample = PositionSample(batches.examples, layer.spatial, cap, masks.sampling_seed(settings.seed, layer.name),
+                                device)
         records.append((layer, plan, sample, CovarianceAccumulator(layer.units, device)))
     # Everything accumulated per batch stays on the device: the loop never waits for the GPU,
     # so data loading, copies and kernels overlap. Non-finite values are flagged on the device
@@ -342,20 +337,6 @@ def _check_parameters(model: nn.Module) -> None:
     for name, p in list(model.named_parameters()) + list(model.named_buffers()):
         if p.is_floating_point() and not bool(torch.isfinite(p).all()):
             raise FuFastError(f"the model's weights contain NaN or infinite values (in '{name}')")
-
-
-def _check_settings(tolerance, pca_tolerance, repeats, sample_cap, unit) -> None:
-    for name, value in (("tolerance", tolerance), ("pca_tolerance", pca_tolerance)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise FuFastError(f"{name} must be a number in [0, 1), got {value!r}")
-    if not 0.0 <= tolerance < 1.0:
-        raise FuFastError(f"tolerance must be in [0, 1), got {tolerance}")
-    if not 0.0 <= pca_tolerance < 1.0:
-        raise FuFastError(f"pca_tolerance must be in [0, 1), got {pca_tolerance}")
-    integer_setting(repeats, "repeats")
-    integer_setting(sample_cap, "sample_cap", least=2)
-    if unit not in UNITS:
-        raise FuFastError(f"unit must be one of {', '.join(UNITS)}, got '{unit}'")
 
 
 def _check_precision(precision: str | None, dtype: torch.dtype) -> str:

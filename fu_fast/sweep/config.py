@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import inspect
 import itertools
 import json
 import math
@@ -49,8 +48,7 @@ import torch
 
 from .. import data as data_lib
 from .. import models as zoo
-from ..analysis import analyze, masks
-from ..analysis.engine import _check_settings as check_analysis_settings
+from ..analysis.settings import AnalysisSettings
 from ..errors import FuFastError
 from ..train import TrainConfig
 
@@ -73,9 +71,7 @@ _AT_LEAST = {"batch_size": 1, "epochs": 1, "patience": 1, "input_dim": 1, "input
 _POSITIVE = ("lr", "k")
 _NOUNS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
           LEVELS: "an integer or a list of numbers"}
-_ANALYSIS_DEFAULTS = {"split": "test", "limit": None,
-                      **{key: parameter.default for key, parameter in inspect.signature(analyze).parameters.items()
-                         if key in ("tolerance", "pca_tolerance", "repeats", "levels", "sample_cap", "unit", "seed")}}
+_ANALYSIS_DEFAULTS = {"split": "test", "limit": None, **dataclasses.asdict(AnalysisSettings())}
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,:=+-]*")
 _LONGEST_NAME = 96
 _PAPER_WIDTHS = [0.25, 0.5, 1.0, 2.0, 4.0]
@@ -197,13 +193,12 @@ def analysis_settings(analyze_table: dict) -> dict:
     levels as the grid; batch_size is left out, since no result depends on it. FuFastError for
     a value fu_fast.analyze would refuse (by its own checks)."""
     settings = {**_ANALYSIS_DEFAULTS, **{k: v for k, v in analyze_table.items() if k != "batch_size"}}
+    names = [f.name for f in dataclasses.fields(AnalysisSettings)]
     try:
-        check_analysis_settings(tolerance=settings["tolerance"], pca_tolerance=settings["pca_tolerance"],
-                                repeats=settings["repeats"], sample_cap=settings["sample_cap"], unit=settings["unit"])
-        settings["levels"] = masks.level_grid(settings["levels"])
-    except ValueError as e:   # FuFastError is one, and level_grid raises plain ones
+        checked = AnalysisSettings(**{name: settings[name] for name in names})
+    except FuFastError as e:
         raise FuFastError(f"[analyze] {e}") from None
-    return settings
+    return {**settings, **checked.record()}
 
 
 def load_config(path: str | Path | None = None, preset: str | None = None, trials: int | None = None) -> SweepConfig:
