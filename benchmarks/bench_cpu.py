@@ -50,6 +50,7 @@ from torch import nn
 
 import fu_fast
 from fu_fast import models, reference
+from fu_fast.hooks import forward_hooks
 from fu_fast.analysis import ablation as engine_ablation
 from fu_fast.analysis import masks
 
@@ -114,17 +115,15 @@ def build_cases(quick: bool, cnn_examples: int, cnn_width: float, mlp_examples: 
 def layer_units(model: nn.Module, inputs: torch.Tensor, layers) -> dict[str, int]:
     """n of every analysed layer (unit = position: every element of one example's output)."""
     modules = dict(model.named_modules())
-    units, handles = {}, []
-    for name in layers:
-        def record(_m, _i, output, name=name):
+    units = {}
+
+    def record(name):
+        def hook(_m, _i, output):
             units[name] = output[0].numel()
-        handles.append(modules[name].register_forward_hook(record))
-    try:
-        with torch.inference_mode():
-            model(inputs[:1])
-    finally:
-        for h in handles:
-            h.remove()
+        return hook
+
+    with torch.inference_mode(), forward_hooks([(modules[name], record(name)) for name in layers]):
+        model(inputs[:1])
     return units
 
 
@@ -152,12 +151,8 @@ def _forward_timer(model: nn.Module, module: nn.Module, sink: list[float]):
         if module._forward_hooks:  # noqa: SLF001 - benchmark-only classification
             sink.append(time.perf_counter() - start["t"])
 
-    handles = [model.register_forward_pre_hook(before), model.register_forward_hook(after)]
-    try:
+    with forward_hooks([(model, after)], pre_hooks=[(model, before)]):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def run_naive(case: Case, inputs: torch.Tensor, model: nn.Module, units: dict[str, int]):

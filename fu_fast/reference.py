@@ -13,6 +13,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from .hooks import forward_hooks
+
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 _ROUNDS = 6
@@ -114,9 +116,6 @@ def naive_ablation_counts(model: torch.nn.Module, module: torch.nn.Module, batch
                 masked = output.reshape(-1, units, inner) * keep.reshape(1, units, 1).to(output.dtype)
                 return masked.reshape(output.shape)
 
-            handle = module.register_forward_hook(hook)
-            try:
+            with forward_hooks([(module, hook)]):
                 counts[k] += int((model(inputs).argmax(dim=1) == base).sum())
-            finally:
-                handle.remove()
     return counts

@@ -144,8 +144,9 @@ def test_label_agreement_refuses_logits_with_another_row_count():
     with pytest.raises(fu_fast.FuFastError, match="returned 5 rows of logits for 3 masked copies of 4 examples"):
         kernels.label_agreement(torch.randn(5, 3), torch.zeros(4, dtype=torch.int64), 3)
     model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3), FirstRows())
-    with pytest.raises(fu_fast.FuFastError, match=r"^the masked pass at layer '1': the model returned 5 rows of "
-                                                  r"logits for \d+ masked copies of 5 examples; expected \d+$"):
+    with pytest.raises(fu_fast.FuFastError, match=r"^the masked pass at layer '1': the model returned 5 rows of logits "
+                                                  r"for the unmasked rows and \d+ masked copies of 5 examples; "
+                                                  r"expected \d+$"):
         fu_fast.analyze(model, torch.randn(5, 4), layers=["1"])
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from .. import kernels
+from ..hooks import forward_hooks
 
 
 class MaskedExpansion:
@@ -37,10 +38,6 @@ def count_agreement(model: torch.nn.Module, module: torch.nn.Module, inputs: tor
                     base_labels: torch.Tensor, keys: list[int], thresholds: list[int],
                     inner: int) -> torch.Tensor:
     """One forward with the layer expanded to len(keys) masked copies; agreement per mask."""
-    hook = MaskedExpansion(keys, thresholds, inner)
-    handle = module.register_forward_hook(hook)
-    try:
+    with forward_hooks([(module, MaskedExpansion(keys, thresholds, inner))]):
         logits = model(inputs)
-    finally:
-        handle.remove()
     return kernels.label_agreement(logits, base_labels, len(keys))

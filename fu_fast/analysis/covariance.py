@@ -76,6 +76,12 @@ class CovarianceAccumulator:
         c = self.mean.numel()
         self.merge(state[:1], state[1:1 + c], state[1 + c:].view(c, c))
 
+    def finite(self) -> bool:
+        """Whether every sample merged so far was finite: a NaN or infinity in any of them reaches
+        the mean and stays there. (Finite samples too large for float64 squares overflow the
+        co-moment only; the PCA says so.)"""
+        return bool(torch.isfinite(self.mean).all())
+
     def covariance(self) -> np.ndarray:
         """The sample covariance (ddof = 1; zeros with fewer than two samples)."""
         n = self.samples

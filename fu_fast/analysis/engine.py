@@ -1,19 +1,20 @@
 """The one pass over the data (docs/definitions.md; README, "How it is fast").
 
-Per batch:
-  1. one unmasked forward: records the base labels y0 and feeds every analysed layer's
-     covariance accumulator (hooks gather the sampled positions and drop the rest);
-  2. per analysed layer, forwards in which a hook replaces the layer's output by its
-     K-fold masked expansion: the part of the model before the layer runs on B rows, the
-     part after it on K*B rows. K is chunked to a memory budget.
-After the last batch, agreement counts become curves and prunable fractions, and the
-covariances become components, redundant units and |r| quantiles.
+Per batch and analysed layer, forwards in which a hook replaces the layer's output by its
+K-fold masked expansion: the part of the model before the layer runs on B rows, the part
+after it on K*B rows (K chunked to a memory budget). The first layer computed also carries
+the base forward: its expansion starts with the unmasked rows, which give the base labels y0,
+and every layer's hook feeds its covariance from its unmasked rows (the sampled positions
+only). So the part before a layer runs once per layer and batch, never twice. After the last
+batch, agreement counts become curves and prunable fractions, and the covariances become
+components, redundant units and |r| quantiles; a NaN or infinity is found in the moments.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -22,6 +23,7 @@ from torch import nn
 
 from .. import kernels
 from ..devices import resolve_device
+from ..hooks import forward_hooks
 from ..errors import FuFastError, integer_setting
 from . import ablation, layers as layer_lib, masks, pca
 from .covariance import CovarianceAccumulator, PositionSample
@@ -78,7 +80,6 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None,
     """
     settings = AnalysisSettings(tolerance=tolerance, pca_tolerance=pca_tolerance, repeats=repeats, levels=levels,
                                 sample_cap=sample_cap, unit=unit, seed=seed)
-    grid = settings.grid
     if batch_size is not None:
         batch_size = integer_setting(batch_size, "batch_size")
     if isinstance(layers, str):
@@ -103,33 +104,16 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None,
     model.eval()
     try:
         with torch.inference_mode(), _numerics(device, precision):
-            layer_records, counts, correct = _one_pass(
-                model, batches, layers, settings, device, dtype,
-                channels_last, memory_budget, progress)
+            passes, correct = _one_pass(model, batches, layers, settings, device, dtype, channels_last,
+                                        memory_budget, progress)
             if group is not None:
-                _combine(layer_records, counts, correct, device)
+                _combine(passes, correct, device)
     finally:
         for module, training in was_training.items():
             module.train(training)
 
-    results = {}
+    results = {p.layer.name: _layer_result(p, settings, batches.examples) for p in passes}
     correct = int(correct)
-    for layer, plan, _, accumulator in layer_records:
-        curves = plan.curves(counts[layer.name].cpu().numpy(), batches.examples)
-        covariance = accumulator.covariance()
-        try:
-            red = pca.redundancy(covariance, settings.pca_tolerance)
-        except ValueError as e:
-            raise FuFastError(f"layer '{layer.name}': {e}") from None
-        corr = pca.correlation(covariance)
-        results[layer.name] = LayerResult(
-            name=layer.name, kind=layer.kind, units=layer.units, ablation_units=layer.ablation_units,
-            curves=curves,
-            prunable_fraction=max(ablation.prunable_fraction(grid, c, settings.tolerance) for c in curves),
-            samples=accumulator.samples, components=red.components, redundant_units=red.redundant_units,
-            explained_variance_ratio=red.explained_variance_ratio,
-            mean_abs_r=corr.mean_abs_r, abs_r_quantiles=corr.abs_r_quantiles,
-            abs_r_histogram=corr.abs_r_histogram)
 
     # Zoo models and data sets describe themselves (fu_fast.models, fu_fast.data).
     info = dict(model_info or getattr(model, "fu_fast_config", None) or {})
@@ -149,8 +133,63 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None,
                "kernels": kernel_backend})
 
 
-def _one_pass(model, batches, layer_names, settings: AnalysisSettings, device, dtype,
-              channels_last, memory_budget, progress):
+@dataclass
+class LayerPass:
+    """What the pass over the data keeps for one analysed layer; all of it stays on the device."""
+    layer: layer_lib.Layer
+    plan: masks.MaskPlan
+    sample: PositionSample
+    moments: CovarianceAccumulator
+    counts: torch.Tensor            # examples whose label survived each mask
+
+    def chunks(self, rows: int, budget: int) -> Iterator[tuple[int, int]]:
+        """Mask ranges [start, stop) whose expanded passes over ``rows`` rows fit the budget."""
+        chunk = max(1, min(self.plan.num_masks, budget // max(1, rows * self.layer.suffix_bytes_per_row)))
+        for start in range(0, self.plan.num_masks, chunk):
+            yield start, min(start + chunk, self.plan.num_masks)
+
+    def feed(self, output: torch.Tensor, first_example: int, rows: int) -> None:
+        """Merge the sampled positions of the unmasked rows (the first ``rows``) into the moments."""
+        self.moments.update(output[:rows], self.sample.rows_in_batch(first_example, rows))
+
+
+def _one_pass(model, batches, layer_names, settings: AnalysisSettings, device, dtype, channels_last, memory_budget,
+              progress) -> tuple[list[LayerPass], torch.Tensor]:
+    """Per batch, one expanded pass per analysed layer (the first one also yields the base labels
+    and every layer's moments); returns the layers' records and the count of correct labels."""
+    passes = _plan(model, batches, layer_names, settings, device, dtype, channels_last)
+    # Accumulated on the device: the loop never waits for the GPU, so data loading, copies and
+    # kernels overlap; non-finite values are found in the moments once the pass is over.
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    output_finite = torch.ones((), dtype=torch.bool, device=device)
+    budget = memory_budget or _default_budget(device)
+    lead = min(passes, key=lambda p: p.layer.position)   # computed first in a forward pass
+    first = batches.offset                                # global index of the batch's first example
+    for x, labels in _device_batches(batches, device, dtype, channels_last):
+        rows = x.shape[0]
+        base = None
+        for layer_pass in [lead] + [p for p in passes if p is not lead]:
+            for start, stop in layer_pass.chunks(rows, budget):
+                if base is None:
+                    base, finite = _lead_pass(model, x, passes, lead, start, stop, first)
+                    output_finite &= finite
+                    if labels is not None:
+                        correct += (base == labels).sum()
+                    continue
+                _masked_pass(model, x, base, layer_pass, start, stop)
+        first += rows
+        if progress is not None:
+            progress(first - batches.offset, batches.stop - batches.offset)
+    for layer_pass in passes:   # the layers first: they name where a NaN or infinity came from
+        if not layer_pass.moments.finite():
+            raise FuFastError(f"layer '{layer_pass.layer.name}' produced NaN or infinite activations")
+    if not bool(output_finite):
+        raise FuFastError("the model's output contains NaN or infinite values")
+    return passes, correct
+
+
+def _plan(model, batches, layer_names, settings: AnalysisSettings, device, dtype, channels_last) -> list[LayerPass]:
+    """The analysed layers, checked on the first batch, with their masks and position samples."""
     probe = _prepare(batches.first(), device, dtype, channels_last)
     try:
         analysed = layer_lib.resolve(model, probe[:16], list(layer_names) if layer_names is not None else None,
@@ -159,53 +198,79 @@ def _one_pass(model, batches, layer_names, settings: AnalysisSettings, device, d
         raise
     except Exception as e:  # the model itself failed on the probe batch
         raise FuFastError(f"the model failed on the data: {type(e).__name__}: {e}") from None
-
-    records = []
+    passes = []
     for layer in analysed:
         plan = masks.MaskPlan.build(layer.name, layer.ablation_units, settings.grid, settings.repeats, settings.seed)
         cap = settings.sample_cap if layer.kind == "conv" else None
         sample = PositionSample(batches.examples, layer.spatial, cap, masks.sampling_seed(settings.seed, layer.name),
                                 device)
-        records.append((layer, plan, sample, CovarianceAccumulator(layer.units, device)))
-    # Everything accumulated per batch stays on the device: the loop never waits for the GPU,
-    # so data loading, copies and kernels overlap. Non-finite values are flagged on the device
-    # too and reported once the pass is over.
-    counts = {layer.name: torch.zeros(plan.num_masks, dtype=torch.int64, device=device)
-              for layer, plan, _, _ in records}
-    finite = {name: torch.ones((), dtype=torch.bool, device=device) for name in [*counts, _OUTPUT]}
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    budget = memory_budget or _default_budget(device)
-
-    first = batches.offset   # global index of the batch's first example
-    for x, labels in _device_batches(batches, device, dtype, channels_last):
-        rows = x.shape[0]
-        base = _base_forward(model, x, records, first, finite)
-        if labels is not None:
-            correct += (base == labels).sum()
-        for layer, plan, _, _ in records:
-            chunk = max(1, min(plan.num_masks, budget // max(1, rows * layer.suffix_bytes_per_row)))
-            for start in range(0, plan.num_masks, chunk):
-                keys = list(plan.keys[start:start + chunk])
-                thresholds = list(plan.thresholds[start:start + chunk])
-                try:
-                    agreed = ablation.count_agreement(model, layer.module, x, base, keys, thresholds, layer.inner)
-                except FuFastError as e:
-                    raise type(e)(f"the masked pass at layer '{layer.name}': {e}") from None
-                except RuntimeError as e:
-                    raise FuFastError(f"the masked pass at layer '{layer.name}' failed ({e}); the part of the "
-                                      "model after it must accept a batch of any size") from None
-                counts[layer.name][start:start + len(keys)] += agreed
-        first += rows
-        if progress is not None:
-            progress(first - batches.offset, batches.stop - batches.offset)
-    for name, ok in finite.items():
-        if not bool(ok):
-            raise FuFastError("the model's output contains NaN or infinite values" if name == _OUTPUT
-                              else f"layer '{name}' produced NaN or infinite activations")
-    return records, counts, correct
+        passes.append(LayerPass(layer, plan, sample, CovarianceAccumulator(layer.units, device),
+                                torch.zeros(plan.num_masks, dtype=torch.int64, device=device)))
+    return passes
 
 
-_OUTPUT = object()   # the key of the model output's finiteness flag
+def _lead_pass(model, x, passes: list[LayerPass], lead: LayerPass, start: int, stop: int, first_example: int):
+    """The pass of the first computed layer, with the base forward folded in: its hook returns the
+    unmasked rows followed by the masked copies (a mask of threshold 0 ablates nothing), so the part
+    before it runs once for both and the base labels come out of the same pass; every layer's
+    hook feeds its moments from the unmasked rows. Returns the base labels and whether their
+    logits are finite."""
+    rows = x.shape[0]
+    keys, thresholds = lead.plan.keys[start:stop], lead.plan.thresholds[start:stop]
+    expansion = ablation.MaskedExpansion([0, *keys], [0, *thresholds], lead.layer.inner)
+
+    def feed(layer_pass: LayerPass):
+        def hook(_module, _inputs, output):
+            layer_pass.feed(output, first_example, rows)
+            return expansion(_module, _inputs, output) if layer_pass is lead else None
+        return hook
+
+    with _layer_errors(lead.layer.name), forward_hooks([(p.layer.module, feed(p)) for p in passes]):
+        logits = model(x)
+        if logits.dim() == 2 and logits.shape[0] != (1 + stop - start) * rows:   # read past by the kernel below
+            raise FuFastError(f"the model returned {logits.shape[0]} rows of logits for the unmasked rows and "
+                              f"{stop - start} masked copies of {rows} examples; expected {(1 + stop - start) * rows}")
+        base = logits[:rows].argmax(dim=1)
+        lead.counts[start:stop] += kernels.label_agreement(logits[rows:], base, stop - start)
+    return base, torch.isfinite(logits[:rows]).all()
+
+
+def _masked_pass(model, x, base: torch.Tensor, layer_pass: LayerPass, start: int, stop: int) -> None:
+    """One forward with the layer's output replaced by its masked copies [start, stop)."""
+    keys, thresholds = list(layer_pass.plan.keys[start:stop]), list(layer_pass.plan.thresholds[start:stop])
+    with _layer_errors(layer_pass.layer.name):
+        layer_pass.counts[start:stop] += ablation.count_agreement(model, layer_pass.layer.module, x, base, keys,
+                                                                  thresholds, layer_pass.layer.inner)
+
+
+@contextlib.contextmanager
+def _layer_errors(name: str) -> Iterator[None]:
+    """A failure inside a masked pass, named by its layer (a kernel's own failure as such)."""
+    try:
+        yield
+    except FuFastError as e:
+        raise type(e)(f"the masked pass at layer '{name}': {e}") from None
+    except RuntimeError as e:
+        raise FuFastError(f"the masked pass at layer '{name}' failed ({e}); the part of the model after it "
+                          "must accept a batch of any size") from None
+
+
+def _layer_result(layer_pass: LayerPass, settings: AnalysisSettings, examples: int) -> LayerResult:
+    """Curves, prunable fraction, redundancy and correlations of one layer."""
+    layer, plan = layer_pass.layer, layer_pass.plan
+    curves = plan.curves(layer_pass.counts.cpu().numpy(), examples)
+    covariance = layer_pass.moments.covariance()
+    try:
+        red = pca.redundancy(covariance, settings.pca_tolerance)
+    except ValueError as e:
+        raise FuFastError(f"layer '{layer.name}': {e}") from None
+    corr = pca.correlation(covariance)
+    return LayerResult(
+        name=layer.name, kind=layer.kind, units=layer.units, ablation_units=layer.ablation_units, curves=curves,
+        prunable_fraction=max(ablation.prunable_fraction(settings.grid, c, settings.tolerance) for c in curves),
+        samples=layer_pass.moments.samples, components=red.components, redundant_units=red.redundant_units,
+        explained_variance_ratio=red.explained_variance_ratio, mean_abs_r=corr.mean_abs_r,
+        abs_r_quantiles=corr.abs_r_quantiles, abs_r_histogram=corr.abs_r_histogram)
 
 
 def _device_batches(batches, device: torch.device, dtype, channels_last: bool
@@ -273,42 +338,25 @@ def _process_group(distributed: bool | None):
     return dist.group.WORLD if (running if distributed is None else distributed) else None
 
 
-def _combine(records, counts: dict, correct: torch.Tensor, device: torch.device) -> None:
+def _combine(passes: list[LayerPass], correct: torch.Tensor, device: torch.device) -> None:
     """Sum the agreement counts and correct labels over processes (in place); merge the
     covariances in rank order, so every process ends with the same moments."""
     # NCCL communicates GPU tensors; gloo, CPU ones.
     comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
-    names = list(counts)
-    flat = torch.cat([counts[n] for n in names] + [correct.reshape(1)]).to(comm)
+    flat = torch.cat([p.counts for p in passes] + [correct.reshape(1)]).to(comm)
     dist.all_reduce(flat)
-    for name, summed in zip(names, flat[:-1].split([len(counts[n]) for n in names])):
-        counts[name].copy_(summed)
+    for layer_pass, summed in zip(passes, flat[:-1].split([len(p.counts) for p in passes])):
+        layer_pass.counts.copy_(summed)
     correct.copy_(flat[-1])
-    for _, _, _, accumulator in records:
-        state = accumulator.state().to(comm)
+    for layer_pass in passes:
+        moments = layer_pass.moments
+        state = moments.state().to(comm)
         gathered = [torch.empty_like(state) for _ in range(dist.get_world_size())]
         dist.all_gather(gathered, state)
-        merged = CovarianceAccumulator(accumulator.mean.numel())
+        merged = CovarianceAccumulator(moments.mean.numel())
         for other in gathered:
             merged.merge_state(other.cpu())
-        accumulator.count, accumulator.mean, accumulator.comoment = merged.count, merged.mean, merged.comoment
-
-
-def _base_forward(model, x, records, first_example, finite):
-    """The unmasked forward: base labels, and every layer's sample merged into its covariance."""
-    handles = []
-    for layer, _, sample, accumulator in records:
-        def feed(_module, _inputs, output, layer=layer, sample=sample, accumulator=accumulator):
-            finite[layer.name] &= torch.isfinite(output).all()
-            accumulator.update(output, sample.rows_in_batch(first_example, output.shape[0]))
-        handles.append(layer.module.register_forward_hook(feed))
-    try:
-        logits = model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    finite[_OUTPUT] &= torch.isfinite(logits).all()
-    return logits.argmax(dim=1)
+        moments.count, moments.mean, moments.comoment = merged.count, merged.mean, merged.comoment
 
 
 def _prepare(inputs: torch.Tensor, device, dtype, channels_last: bool = False) -> torch.Tensor:

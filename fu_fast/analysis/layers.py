@@ -10,12 +10,13 @@ f(x1) exactly (up to rounding).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..errors import FuFastError
+from ..hooks import forward_hooks
 
 # Modules whose outputs are the natural "units" of a network when it names no layers.
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
@@ -29,7 +30,7 @@ class Layer:
     shape: tuple[int, ...]            # one example's output shape: (C,) or (C, H, W)
     unit: str                         # "position" or "channel"
     suffix_bytes_per_row: int = 0     # memory estimate of the passes after this layer
-    calls: int = field(default=1, repr=False)
+    position: int = 0                 # when its output is computed in a forward pass (execution order)
 
     @property
     def kind(self) -> str:
@@ -72,7 +73,7 @@ class _Recorder:
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.outputs: dict[int, str] = {}       # id(output tensor) -> module name
         self.first_nonfinite: str | None = None  # the first module whose output has NaN/inf
-        self._handles = [m.register_forward_hook(self._hook(name)) for name, m in model.named_modules() if name]
+        self.hooks = [(m, self._hook(name)) for name, m in model.named_modules() if name]
 
     def _hook(self, name):
         def record(_module, _inputs, output):
@@ -89,10 +90,6 @@ class _Recorder:
                 self.shapes.pop(name, None)
         return record
 
-    def remove(self):
-        for handle in self._handles:
-            handle.remove()
-
 
 def _is_cut_point(model: nn.Module, module: nn.Module, x1: torch.Tensor, x2: torch.Tensor) -> bool:
     captured = {}
@@ -103,16 +100,10 @@ def _is_cut_point(model: nn.Module, module: nn.Module, x1: torch.Tensor, x2: tor
     def substitute(_m, _i, _output):
         return captured["output"]
 
-    handle = module.register_forward_hook(capture)
-    try:
+    with forward_hooks([(module, capture)]):
         reference = model(x1)
-    finally:
-        handle.remove()
-    handle = module.register_forward_hook(substitute)
-    try:
+    with forward_hooks([(module, substitute)]):
         substituted = model(x2)
-    finally:
-        handle.remove()
     if not isinstance(reference, torch.Tensor):
         return False
     scale = float(reference.abs().max()) if reference.numel() else 0.0
@@ -134,10 +125,8 @@ def resolve(model: nn.Module, probe: torch.Tensor, names: list[str] | None, unit
     """Layers to analyse, checked on a probe batch; default layers when names is None."""
     modules = dict(model.named_modules())
     recorder = _Recorder(model)
-    try:
+    with forward_hooks(recorder.hooks):
         output = model(probe)
-    finally:
-        recorder.remove()
     if recorder.first_nonfinite is not None:
         raise FuFastError(f"module '{recorder.first_nonfinite}' produced NaN or infinite activations "
                           "on the first batch")
@@ -172,7 +161,8 @@ def resolve(model: nn.Module, probe: torch.Tensor, names: list[str] | None, unit
                 raise FuFastError(f"layer '{name}' is not a cut point: the model's output depends on "
                                   "its input through another path (a skip connection?)")
             continue
-        layers.append(Layer(name, module, shape, unit, _suffix_bytes(recorder.order, name)))
+        position = max(i for i, (n, _) in enumerate(recorder.order) if n == name)
+        layers.append(Layer(name, module, shape, unit, _suffix_bytes(recorder.order, name), position))
     if not layers:
         raise FuFastError("the model has no analysable layers: name them with layers=[...] "
                           "(modules whose outputs are cut points)")

@@ -30,6 +30,7 @@ from .. import __version__, models
 from ..atomic import write_atomic
 from ..devices import resolve_device
 from ..errors import FuFastError, integer_setting
+from ..hooks import forward_hooks
 from .grid import write_grid
 from .render import OBJECTIVES, COLOR_CORRELATION_SQRT, Transforms, visualize
 from .score import frequency_total_variation, total_variation
@@ -104,16 +105,12 @@ def _layer_channels(subject: Subject, layers: Sequence[str], image_size: int, de
                 shapes[name] = tuple(output.shape)
         return record
 
-    handles = [modules[name].register_forward_hook(hook(name)) for name in layers]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), forward_hooks([(modules[name], hook(name)) for name in layers]):
             subject.model(torch.zeros(1, 3, image_size, image_size, device=device))
     except RuntimeError as e:
         raise FuFastError(f"{subject.label} model {subject.config['name']} cannot take {image_size}x{image_size} "
                           f"images: {str(e).splitlines()[0][:200]}") from None
-    finally:
-        for handle in handles:
-            handle.remove()
     channels = {}
     for name in layers:
         shape = shapes.get(name)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FuFastError
+from ..hooks import forward_hooks
 
 # lucid/optvis/param/color.py: the square root (via SVD) of the colour covariance of ImageNet
 # pixels, rows = output RGB. Multiplying three decorrelated channels by it gives natural colour
@@ -171,13 +172,11 @@ class LayerProbe:
             captured.append(output)
             raise _Stop
 
-        handle = self.module.register_forward_hook(hook)
         try:
-            self.model(x)
+            with forward_hooks([(self.module, hook)]):
+                self.model(x)
         except _Stop:
             pass
-        finally:
-            handle.remove()
         if not captured or not isinstance(captured[0], torch.Tensor) or captured[0].dim() not in (2, 4):
             raise FuFastError(f"layer {self.layer!r} does not output a (N, C) or (N, C, H, W) tensor")
         return captured[0]
