@@ -18,10 +18,14 @@ What is timed, per case:
   naive   fu_fast.reference.naive_ablation_counts on every analysed layer, with the
           same 21 levels x 3 repeats = 63 masks per layer as the engine (p = 0 included,
           as the paper's code runs it), the same batches, model.eval(), inference mode.
-  engine  the whole fu_fast.analyze call (ablation, covariance, PCA, checks).
-  engine ablation   the engine's masked passes alone (the time spent inside
-          fu_fast.analysis.ablation.count_agreement), against the naive masked passes
-          alone (the naive forwards during which the layer's mask hook is registered).
+  engine  the whole fu_fast.analyze call (ablation, covariance, PCA, checks), with its own
+          batch size.
+  engine ablation   the engine's masked passes alone (the time spent in the engine's pass
+          functions; the first layer's pass also carries the base forward), against the naive
+          masked passes alone (the naive forwards during which the layer's mask hook is registered).
+  floor   what any one-pass analysis must compute: one plain forward over the data, plus the
+          part of the model after each layer run on the engine's masked copies (made beforehand,
+          untimed); "/floor" is engine / floor.
 
 The benchmark also checks that the naive counts give the engine's curves: the naive
 count of (repeat r, level i) divided by the number of examples must equal
@@ -49,9 +53,9 @@ import torch
 from torch import nn
 
 import fu_fast
-from fu_fast import models, reference
+from fu_fast import kernels, models, reference
 from fu_fast.hooks import forward_hooks
-from fu_fast.analysis import ablation as engine_ablation
+from fu_fast.analysis import engine
 from fu_fast.analysis import masks
 
 LEVELS = 21
@@ -171,35 +175,68 @@ def run_naive(case: Case, inputs: torch.Tensor, model: nn.Module, units: dict[st
 
 
 @contextmanager
-def _count_agreement_timer(sink: list[float]):
-    """Times the engine's masked passes by wrapping ablation.count_agreement (the engine
-    calls it through the module attribute)."""
-    original = engine_ablation.count_agreement
-
-    def timed(*args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            sink.append(time.perf_counter() - t0)
-
-    engine_ablation.count_agreement = timed
+def patched_passes(wrap):
+    """Replaces the engine's masked-pass functions (the first layer's, which also carries the
+    base forward, and the others'; it calls them through its module's globals) by
+    ``wrap(original)`` for the duration of the block."""
+    originals = {name: getattr(engine, name) for name in ("_lead_pass", "_masked_pass")}
+    for name, original in originals.items():
+        setattr(engine, name, wrap(original))
     try:
         yield
     finally:
-        engine_ablation.count_agreement = original
+        for name, original in originals.items():
+            setattr(engine, name, original)
+
+
+def _masked_pass_timer(sink: list[float]):
+    """Adds to sink the duration of each of the engine's masked passes."""
+    def timed(original):
+        def run(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                sink.append(time.perf_counter() - t0)
+        return run
+    return patched_passes(timed)
 
 
 def run_engine(case: Case, inputs: torch.Tensor, model: nn.Module):
-    """Seconds (wall and CPU of the analyze call, masked passes), result."""
+    """Seconds (wall and CPU of the analyze call, masked passes), result. The engine picks its
+    own batch size (on the CPU, from its memory budget)."""
     masked = []
     gc.collect()
-    with _count_agreement_timer(masked):
+    with _masked_pass_timer(masked):
         cpu0, started = time.process_time(), time.perf_counter()
         result = fu_fast.analyze(model, inputs, layers=list(case.layers), repeats=MASK_REPEATS,
-                                 levels=LEVELS, seed=SEED, unit="position", batch_size=case.batch_size)
+                                 levels=LEVELS, seed=SEED, unit="position")
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu0
     return seconds, cpu, sum(masked), result
+
+
+@torch.inference_mode()
+def run_floor(case: Case, inputs: torch.Tensor, model: nn.Sequential, units: dict[str, int]) -> float:
+    """Seconds of what any one-pass analysis must compute: one plain forward over the data (base
+    labels, activations), plus, per layer, the part of the model after it on the engine's masked
+    copies of its output (made beforehand, untimed). The zoo's mlp and alexnet are chains, so the
+    part after a layer is the slice of children after it."""
+    names, children = zip(*model.named_children())
+    batches = inputs.split(case.batch_size)
+    started = time.perf_counter()
+    for x in batches:
+        model(x)
+    seconds = time.perf_counter() - started
+    for layer in case.layers:
+        position = names.index(layer)
+        prefix, suffix = nn.Sequential(*children[:position + 1]), nn.Sequential(*children[position + 1:])
+        plan = masks.MaskPlan.build(layer, units[layer], masks.level_grid(LEVELS), MASK_REPEATS, SEED)
+        for x in batches:
+            expanded = kernels.expand_masked(prefix(x), list(plan.keys), list(plan.thresholds), 1)
+            started = time.perf_counter()
+            suffix(expanded)
+            seconds += time.perf_counter() - started
+    return seconds
 
 
 def compare(counts: dict[str, np.ndarray], result, examples: int) -> dict:
@@ -240,7 +277,8 @@ def bench_case(case: Case, repeats: int, check_examples: int, log) -> dict:
         reference.naive_ablation_counts(model, modules[layer], [warm], keys[:2], thresholds[:2], 1)
     fu_fast.analyze(model, warm, layers=list(case.layers), repeats=1, levels=3, batch_size=case.batch_size)
 
-    samples = {"naive": [], "engine": [], "naive_masked": [], "engine_masked": [], "naive_cpu": [], "engine_cpu": []}
+    samples = {"naive": [], "engine": [], "naive_masked": [], "engine_masked": [], "naive_cpu": [], "engine_cpu": [],
+               "floor": []}
     last_counts, last_result, stable = None, None, True
     for rep in range(repeats):
         order = ("naive", "engine") if rep % 2 == 0 else ("engine", "naive")
@@ -260,6 +298,8 @@ def bench_case(case: Case, repeats: int, check_examples: int, log) -> dict:
             samples[path + "_cpu"].append(cpu)
             log(f"  rep {rep + 1}/{repeats} {path:6s} {seconds:8.3f} s  (masked passes {masked:8.3f} s; "
                 f"CPU time {cpu:8.3f} s)")
+        samples["floor"].append(run_floor(case, inputs, model, units))
+        log(f"  rep {rep + 1}/{repeats} floor  {samples['floor'][-1]:8.3f} s")
 
     med = {k: statistics.median(v) for k, v in samples.items()}
     record = {
@@ -273,6 +313,7 @@ def bench_case(case: Case, repeats: int, check_examples: int, log) -> dict:
         "ratio_ablation": med["naive_masked"] / med["engine_masked"] if med["engine_masked"] else None,
         "ratio_cpu": med["naive_cpu"] / med["engine_cpu"] if med["engine_cpu"] else None,
         "ratio_per_rep_median": statistics.median(n / e for n, e in zip(samples["naive"], samples["engine"])),
+        "engine_over_floor": med["engine"] / med["floor"],
         "expected_ratio": case.expected_ratio,
         "repeatable": stable,
         "agreement_fp32": compare(last_counts, last_result, inputs.shape[0]),
@@ -306,14 +347,16 @@ def print_table(records: list[dict], out=None) -> None:
     def x(v):
         return f"{v:6.1f}x" if v else "     -"
 
-    head = (f"{'case':5s} {'naive s':>8s} {'engine s':>8s} {'ratio':>7s} {'expect':>6s} | {'per-rep':>7s} "
-            f"{'CPU-t':>7s} | {'naive abl':>9s} {'eng. abl':>8s} {'ratio':>7s} | {'agree fp32':<10s} {'fp64':<4s}")
+    head = (f"{'case':5s} {'naive s':>8s} {'engine s':>8s} {'ratio':>7s} {'expect':>6s} | {'floor s':>7s} "
+            f"{'/floor':>6s} | {'per-rep':>7s} {'CPU-t':>7s} | {'naive abl':>9s} {'eng. abl':>8s} {'ratio':>7s} | "
+            f"{'agree fp32':<10s} {'fp64':<4s}")
     print(head, file=out)
     print("-" * len(head), file=out)
     for r in records:
         m = r["median"]
         print(f"{r['case']:5s} {m['naive']:8.2f} {m['engine']:8.2f} {x(r['ratio'])} "
-              f"{'>=' + format(r['expected_ratio'], 'g'):>6s} | {x(r['ratio_per_rep_median'])} {x(r['ratio_cpu'])} | "
+              f"{'>=' + format(r['expected_ratio'], 'g'):>6s} | {m['floor']:7.2f} {r['engine_over_floor']:5.2f}x | "
+              f"{x(r['ratio_per_rep_median'])} {x(r['ratio_cpu'])} | "
               f"{m['naive_masked']:9.2f} {m['engine_masked']:8.2f} {x(r['ratio_ablation'])} | "
               f"{_agree_text(r['agreement_fp32']):<10s} {_agree_text(r.get('agreement_fp64')):<4s}", file=out)
 
@@ -363,7 +406,8 @@ def parse_args(argv):
                    help="timed repetitions of each path, interleaved (default 3; 1 with --quick)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     p.add_argument("--cases", nargs="+", choices=("mlp", "cnn"), help="run only these cases")
-    p.add_argument("--batch-size", type=int, default=128, help="rows per batch for both paths (default 128)")
+    p.add_argument("--batch-size", type=int, default=1000,
+                   help="rows per batch of the naive path and the floor (default 1000); the engine picks its own")
     p.add_argument("--mlp-examples", type=int, default=1000, help="MLP examples (default 1000)")
     p.add_argument("--cnn-examples", type=int, default=64, help="CNN images (default 64)")
     p.add_argument("--cnn-width", type=float, default=0.5,

@@ -16,12 +16,12 @@ Everything runs in one process, side by side, and the report is ratios:
   bandwidth (and, for the covariance, its FLOPs over the float64 rate);
 * ResNet18 at each width on synthetic images (8 block outputs, 21 levels x 3 repeats,
   redundancy with the 50,000-position cap): the whole fu_fast.analyze on --images images,
-  its masked suffix passes alone, and the naive path (one full forward per mask, as the
-  paper's code does) against fu-fast on the first --naive-images images. The floor of the
-  analysis is its FLOPs (counted by torch's FlopCounterMode on a few images, scaled) over
-  the measured matmul rate; the report gives measured / floor for the whole analysis and
-  for the suffix passes. On the naive subset it also reports how far bfloat16 moves the
-  prunable fractions from float32.
+  its masked passes alone (the first layer's carries the base forward too), and the naive
+  path (one full forward per mask, as the paper's code does) against fu-fast on the first
+  --naive-images images. The floor of the analysis is its FLOPs (counted by torch's
+  FlopCounterMode on a few images, scaled) over the measured matmul rate; the report gives
+  measured / floor for the whole analysis and for the masked passes. On the naive subset it
+  also reports how far bfloat16 moves the prunable fractions from float32.
 
 Synthetic images are standard-normal tensors (seeded); the analysis does not care what is in
 them, only how many there are. Curves of the naive path and of fu-fast are compared on the
@@ -44,7 +44,7 @@ import fu_fast
 from fu_fast import kernels, models, reference
 from fu_fast.errors import FuFastError
 from fu_fast.analysis import masks
-from fu_fast.benchmarks.bench_cpu import (LEVELS, MASK_REPEATS, SEED, _count_agreement_timer, _json_default,
+from fu_fast.benchmarks.bench_cpu import (LEVELS, MASK_REPEATS, SEED, _masked_pass_timer, patched_passes, _json_default,
                                           compare, naive_masks)
 
 
@@ -158,22 +158,17 @@ def analysis_flops(model, data, settings: dict) -> tuple[float, float]:
     """(all FLOPs, FLOPs of the masked suffix passes) of an analysis of ``data``."""
     suffix = [0.0]
     counter = FlopCounterMode(display=False)
-    from fu_fast.analysis import ablation
 
-    original = ablation.count_agreement
+    def counted(original):
+        def run(*args, **kwargs):
+            with FlopCounterMode(display=False) as inner:
+                out = original(*args, **kwargs)
+            suffix[0] += inner.get_total_flops()
+            return out
+        return run
 
-    def counted(*args, **kwargs):
-        with FlopCounterMode(display=False) as inner:
-            out = original(*args, **kwargs)
-        suffix[0] += inner.get_total_flops()
-        return out
-
-    ablation.count_agreement = counted
-    try:
-        with counter:
-            fu_fast.analyze(model, data, **settings)
-    finally:
-        ablation.count_agreement = original
+    with patched_passes(counted), counter:
+        fu_fast.analyze(model, data, **settings)
     return float(counter.get_total_flops()), suffix[0]
 
 
@@ -192,7 +187,7 @@ def resnet_case(width: float, args, device: torch.device, rates: dict, log) -> d
     fu_fast.analyze(model, data[: min(args.batch_size, args.images)], **settings)      # warm-up
     suffix_times: list[float] = []
     _sync(device)
-    with _count_agreement_timer(suffix_times):
+    with _masked_pass_timer(suffix_times):
         start = time.perf_counter()
         result = fu_fast.analyze(model, data, **settings)
         _sync(device)
@@ -210,24 +205,21 @@ def resnet_case(width: float, args, device: torch.device, rates: dict, log) -> d
     naive_data = data[: args.naive_images]
     suffix_sync: list[float] = []
 
-    def synced(*a, **kw):
-        _sync(device)
-        t0 = time.perf_counter()
-        out = original(*a, **kw)
-        _sync(device)
-        suffix_sync.append(time.perf_counter() - t0)
-        return out
+    def synced(original):
+        def run(*a, **kw):
+            _sync(device)
+            t0 = time.perf_counter()
+            out = original(*a, **kw)
+            _sync(device)
+            suffix_sync.append(time.perf_counter() - t0)
+            return out
+        return run
 
-    from fu_fast.analysis import ablation
-    original = ablation.count_agreement
-    ablation.count_agreement = synced
-    try:
+    with patched_passes(synced):
         start = time.perf_counter()
         subset_result = fu_fast.analyze(model, naive_data, **settings)
         _sync(device)
         subset_seconds = time.perf_counter() - start
-    finally:
-        ablation.count_agreement = original
     subset_suffix_flops = analysis_flops(model, naive_data, settings)[1] if args.naive_images != few else suffix_flops
     suffix_over_floor = sum(suffix_sync) / (subset_suffix_flops / rates["matmul"])
 

@@ -33,6 +33,9 @@ from .settings import DEFAULTS, AnalysisSettings
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 DEFAULT_CPU_BUDGET = 1 << 30   # bytes for one chunk of masked passes on the CPU
+# The CPU's default batch: rows whose expanded pass takes about 32 MiB, at least 16 (measured
+# fastest on both cases of benchmarks/bench_cpu.py: 250 rows for the MLP, 16 for the AlexNet).
+CPU_PASS_BYTES, CPU_MIN_ROWS = 32 << 20, 16
 _DTYPE_NAMES = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -61,6 +64,7 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None,
         seed: determines the masks and the position sample; nothing else is random.
         device: where to run (default: where the model's parameters are).
         batch_size: rows per batch for tensors and Datasets; results do not depend on it.
+            Default: on the CPU, rows whose masked copies take about 32 MiB; on a GPU, 128.
         precision: "fp32" (true float32: TF32 off for matrix products and convolutions),
             "tf32" (TF32 tensor cores on a GPU; no effect on the CPU) or "bf16" (autocast to
             bfloat16). Base labels and ablated passes always share it. Default: the model's
@@ -163,6 +167,12 @@ def _one_pass(model, batches, layer_names, settings: AnalysisSettings, device, d
     correct = torch.zeros((), dtype=torch.int64, device=device)
     output_finite = torch.ones((), dtype=torch.bool, device=device)
     budget = memory_budget or _default_budget(device)
+    if device.type == "cpu":
+        # Rows for expanded passes of about CPU_PASS_BYTES: per-batch overheads are small, and the
+        # allocator hands the same pages back batch after batch (writing a fresh 100 MB buffer costs
+        # more in page faults than in copying). No result depends on the batch size.
+        per_row = max(p.layer.suffix_bytes_per_row * (p.plan.num_masks + 1) for p in passes)
+        batches.resize(max(CPU_MIN_ROWS, CPU_PASS_BYTES // max(1, per_row)))
     lead = min(passes, key=lambda p: p.layer.position)   # computed first in a forward pass
     first = batches.offset                                # global index of the batch's first example
     for x, labels in _device_batches(batches, device, dtype, channels_last):
@@ -383,7 +393,10 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
 
 def _check_parameters(model: nn.Module) -> None:
     for name, p in list(model.named_parameters()) + list(model.named_buffers()):
-        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+        # A finite sum (one pass, no mask tensor) proves every weight finite; only a sum that
+        # is not (a NaN or infinity, or an overflow) needs the element-wise check.
+        if p.is_floating_point() and not bool(torch.isfinite(p.detach().sum())) \
+                and not bool(torch.isfinite(p).all()):
             raise FuFastError(f"the model's weights contain NaN or infinite values (in '{name}')")
 
 

@@ -21,6 +21,8 @@ DEFAULT_BATCH_SIZE = 128
 class Batches:
     def __init__(self, data, batch_size: int | None = None):
         self.batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+        # Rows per batch are ours to choose when none were given and the data is not a loader.
+        self.sized_by_us = batch_size is None and not isinstance(data, DataLoader)
         if self.batch_size < 1:
             raise FuFastError(f"batch_size must be positive, got {batch_size}")
         self.passes = 1
@@ -71,6 +73,17 @@ class Batches:
         self._loader = DataLoader(Subset(loader.dataset, range(self.offset, self.stop)),
                                   batch_size=loader.batch_size, num_workers=loader.num_workers,
                                   collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
+
+    def resize(self, rows: int) -> None:
+        """Use batches of ``rows`` examples (at least 1, at most all of them) where the batch size is
+        ours to choose; a batch size the caller gave, or a DataLoader's, is kept."""
+        if not self.sized_by_us:
+            return
+        self.batch_size = max(1, min(rows, self.stop - self.offset))
+        if hasattr(self, "_loader"):   # the loader made over a Dataset (or over this process's shard)
+            loader = self._loader
+            self._loader = DataLoader(loader.dataset, batch_size=self.batch_size, num_workers=loader.num_workers,
+                                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
 
     def _iterate(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         if not hasattr(self, "_loader"):
