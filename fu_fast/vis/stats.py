@@ -18,7 +18,7 @@ row sum. 100,000 shufflings of 16 values take a few milliseconds to tens of mill
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -53,9 +53,6 @@ class PermutationResult:
     second_mean: float
     shufflings: int
     alternative: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def permutation_test(first, second, *, shufflings: int = SHUFFLINGS, alternative: str = "greater",
