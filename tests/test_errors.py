@@ -99,7 +99,7 @@ def test_bad_settings(settings, message):
 
 
 def test_models_that_do_not_return_logits_or_reject_the_data():
-    with pytest.raises(FuFastError, match=r"must return \(batch, classes\) logits"):
+    with pytest.raises(FuFastError, match=r"logits must be \(batch, classes\), got \(\d+, 2, 2\)"):
         fu_fast.analyze(nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Unflatten(1, (2, 2))), INPUTS, layers=["1"])
     with pytest.raises(FuFastError, match="the model failed on the data"):
         fu_fast.analyze(mlp(8, 5, 3), torch.randn(4, 9).double())

@@ -3,6 +3,8 @@ agreement counting, and curves -> prunable fraction."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .. import kernels
@@ -34,10 +36,11 @@ def prunable_fraction(grid: list[float], curve: list[float], tolerance: float) -
     return 1.0
 
 
-def count_agreement(model: torch.nn.Module, module: torch.nn.Module, inputs: torch.Tensor,
+def count_agreement(forward: Callable[[torch.Tensor], torch.Tensor], module: torch.nn.Module, inputs: torch.Tensor,
                     base_labels: torch.Tensor, keys: list[int], thresholds: list[int],
                     inner: int) -> torch.Tensor:
-    """One forward with the layer expanded to len(keys) masked copies; agreement per mask."""
+    """One forward (the model, or a function from inputs to its logits) with the layer expanded to
+    len(keys) masked copies; agreement per mask."""
     with forward_hooks([(module, MaskedExpansion(keys, thresholds, inner))]):
-        logits = model(inputs)
+        logits = forward(inputs)
     return kernels.label_agreement(logits, base_labels, len(keys))

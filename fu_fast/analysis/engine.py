@@ -28,6 +28,7 @@ from ..errors import FuFastError, integer_setting
 from . import ablation, layers as layer_lib, masks, pca
 from .covariance import CovarianceAccumulator, PositionSample
 from .inputs import Batches
+from .outputs import forward_to_logits
 from .result import AnalysisResult, LayerResult
 from .settings import DEFAULTS, AnalysisSettings
 
@@ -46,7 +47,8 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None,
             precision: str | None = None, channels_last: bool = False,
             memory_budget: int | None = None, model_info: dict | None = None,
             data_info: dict | None = None, trial: int | None = None,
-            progress: Callable[[int, int], None] | None = None, distributed: bool | None = None) -> AnalysisResult:
+            progress: Callable[[int, int], None] | None = None, distributed: bool | None = None,
+            logits: Callable | None = None) -> AnalysisResult:
     """Prunability, redundancy and correlations of a model's layers, in one pass over data.
 
     Args:
@@ -81,6 +83,9 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None,
             summed, covariances merged) so every process gets the single-process result.
             Default: when torch.distributed is initialised with more than one process
             (torchrun). The data must then be a tensor or a map-style Dataset.
+        logits: a function from the model's output to its (batch, classes) logits, for outputs
+            other than a tensor, a tuple or list (the first element), a dict with "logits" or an
+            object with ``.logits``, which are found without it.
     """
     settings = AnalysisSettings(tolerance=tolerance, pca_tolerance=pca_tolerance, repeats=repeats, levels=levels,
                                 sample_cap=sample_cap, unit=unit, seed=seed)
@@ -109,7 +114,7 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None,
     try:
         with torch.inference_mode(), _numerics(device, precision):
             passes, correct = _one_pass(model, batches, layers, settings, device, dtype, channels_last,
-                                        memory_budget, progress)
+                                        memory_budget, progress, logits)
             if group is not None:
                 _combine(passes, correct, device)
     finally:
@@ -158,10 +163,11 @@ class LayerPass:
 
 
 def _one_pass(model, batches, layer_names, settings: AnalysisSettings, device, dtype, channels_last, memory_budget,
-              progress) -> tuple[list[LayerPass], torch.Tensor]:
+              progress, logits) -> tuple[list[LayerPass], torch.Tensor]:
     """Per batch, one expanded pass per analysed layer (the first one also yields the base labels
     and every layer's moments); returns the layers' records and the count of correct labels."""
-    passes = _plan(model, batches, layer_names, settings, device, dtype, channels_last)
+    passes = _plan(model, batches, layer_names, settings, device, dtype, channels_last, logits)
+    forward = forward_to_logits(model, logits)
     # Accumulated on the device: the loop never waits for the GPU, so data loading, copies and
     # kernels overlap; non-finite values are found in the moments once the pass is over.
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -181,12 +187,12 @@ def _one_pass(model, batches, layer_names, settings: AnalysisSettings, device, d
         for layer_pass in [lead] + [p for p in passes if p is not lead]:
             for start, stop in layer_pass.chunks(rows, budget):
                 if base is None:
-                    base, finite = _lead_pass(model, x, passes, lead, start, stop, first)
+                    base, finite = _lead_pass(forward, x, passes, lead, start, stop, first)
                     output_finite &= finite
                     if labels is not None:
                         correct += (base == labels).sum()
                     continue
-                _masked_pass(model, x, base, layer_pass, start, stop)
+                _masked_pass(forward, x, base, layer_pass, start, stop)
         first += rows
         if progress is not None:
             progress(first - batches.offset, batches.stop - batches.offset)
@@ -198,12 +204,13 @@ def _one_pass(model, batches, layer_names, settings: AnalysisSettings, device, d
     return passes, correct
 
 
-def _plan(model, batches, layer_names, settings: AnalysisSettings, device, dtype, channels_last) -> list[LayerPass]:
+def _plan(model, batches, layer_names, settings: AnalysisSettings, device, dtype, channels_last,
+          logits) -> list[LayerPass]:
     """The analysed layers, checked on the first batch, with their masks and position samples."""
     probe = _prepare(batches.first(), device, dtype, channels_last)
     try:
         analysed = layer_lib.resolve(model, probe[:16], list(layer_names) if layer_names is not None else None,
-                                     settings.unit)
+                                     settings.unit, logits)
     except FuFastError:
         raise
     except Exception as e:  # the model itself failed on the probe batch
@@ -219,7 +226,7 @@ def _plan(model, batches, layer_names, settings: AnalysisSettings, device, dtype
     return passes
 
 
-def _lead_pass(model, x, passes: list[LayerPass], lead: LayerPass, start: int, stop: int, first_example: int):
+def _lead_pass(forward, x, passes: list[LayerPass], lead: LayerPass, start: int, stop: int, first_example: int):
     """The pass of the first computed layer, with the base forward folded in: its hook returns the
     unmasked rows followed by the masked copies (a mask of threshold 0 ablates nothing), so the part
     before it runs once for both and the base labels come out of the same pass; every layer's
@@ -236,7 +243,7 @@ def _lead_pass(model, x, passes: list[LayerPass], lead: LayerPass, start: int, s
         return hook
 
     with _layer_errors(lead.layer.name), forward_hooks([(p.layer.module, feed(p)) for p in passes]):
-        logits = model(x)
+        logits = forward(x)
         if logits.dim() == 2 and logits.shape[0] != (1 + stop - start) * rows:   # read past by the kernel below
             raise FuFastError(f"the model returned {logits.shape[0]} rows of logits for the unmasked rows and "
                               f"{stop - start} masked copies of {rows} examples; expected {(1 + stop - start) * rows}")
@@ -245,11 +252,11 @@ def _lead_pass(model, x, passes: list[LayerPass], lead: LayerPass, start: int, s
     return base, torch.isfinite(logits[:rows]).all()
 
 
-def _masked_pass(model, x, base: torch.Tensor, layer_pass: LayerPass, start: int, stop: int) -> None:
+def _masked_pass(forward, x, base: torch.Tensor, layer_pass: LayerPass, start: int, stop: int) -> None:
     """One forward with the layer's output replaced by its masked copies [start, stop)."""
     keys, thresholds = list(layer_pass.plan.keys[start:stop]), list(layer_pass.plan.thresholds[start:stop])
     with _layer_errors(layer_pass.layer.name):
-        layer_pass.counts[start:stop] += ablation.count_agreement(model, layer_pass.layer.module, x, base, keys,
+        layer_pass.counts[start:stop] += ablation.count_agreement(forward, layer_pass.layer.module, x, base, keys,
                                                                   thresholds, layer_pass.layer.inner)
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import FuFastError
 from ..hooks import forward_hooks
+from .outputs import forward_to_logits, logits_of
 
 # Modules whose outputs are the natural "units" of a network when it names no layers.
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
@@ -91,7 +92,7 @@ class _Recorder:
         return record
 
 
-def _is_cut_point(model: nn.Module, module: nn.Module, x1: torch.Tensor, x2: torch.Tensor) -> bool:
+def _is_cut_point(forward, module: nn.Module, x1: torch.Tensor, x2: torch.Tensor) -> bool:
     captured = {}
 
     def capture(_m, _i, output):
@@ -101,11 +102,9 @@ def _is_cut_point(model: nn.Module, module: nn.Module, x1: torch.Tensor, x2: tor
         return captured["output"]
 
     with forward_hooks([(module, capture)]):
-        reference = model(x1)
+        reference = forward(x1)
     with forward_hooks([(module, substitute)]):
-        substituted = model(x2)
-    if not isinstance(reference, torch.Tensor):
-        return False
+        substituted = forward(x2)
     scale = float(reference.abs().max()) if reference.numel() else 0.0
     return bool(torch.allclose(substituted, reference, rtol=1e-4, atol=1e-5 * scale + 1e-6))
 
@@ -121,8 +120,11 @@ def _other_input(x: torch.Tensor) -> torch.Tensor:
     return other
 
 
-def resolve(model: nn.Module, probe: torch.Tensor, names: list[str] | None, unit: str) -> list[Layer]:
-    """Layers to analyse, checked on a probe batch; default layers when names is None."""
+def resolve(model: nn.Module, probe: torch.Tensor, names: list[str] | None, unit: str,
+            logits=None) -> list[Layer]:
+    """Layers to analyse, checked on a probe batch; default layers when names is None.
+    ``logits`` finds the logits in the model's output (fu_fast.analysis.outputs.logits_of)."""
+    forward = forward_to_logits(model, logits)
     modules = dict(model.named_modules())
     recorder = _Recorder(model)
     with forward_hooks(recorder.hooks):
@@ -130,9 +132,7 @@ def resolve(model: nn.Module, probe: torch.Tensor, names: list[str] | None, unit
     if recorder.first_nonfinite is not None:
         raise FuFastError(f"module '{recorder.first_nonfinite}' produced NaN or infinite activations "
                           "on the first batch")
-    if not isinstance(output, torch.Tensor) or output.dim() != 2:
-        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise FuFastError(f"the model must return (batch, classes) logits; it returned {shape}")
+    output = logits_of(output, logits)   # FuFastError saying how to find them, when they cannot be found
 
     explicit = names is not None
     if names is None:
@@ -156,7 +156,7 @@ def resolve(model: nn.Module, probe: torch.Tensor, names: list[str] | None, unit
         shape = recorder.shapes.get(name)
         if shape is None or len(shape) not in (1, 3):
             raise FuFastError(f"layer '{name}' outputs {shape}; expected (N, C) or (N, C, H, W) tensors")
-        if not _is_cut_point(model, module, probe, x2):
+        if not _is_cut_point(forward, module, probe, x2):
             if explicit:
                 raise FuFastError(f"layer '{name}' is not a cut point: the model's output depends on "
                                   "its input through another path (a skip connection?)")
