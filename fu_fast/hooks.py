@@ -25,3 +25,17 @@ def forward_hooks(hooks: Iterable[tuple[nn.Module, Callable]] = (),
     finally:
         for handle in handles:
             handle.remove()
+
+
+def on_call(call: int | None, hook: Callable) -> Callable:
+    """``hook`` for the ``call``-th call (from 0) of its module in each forward pass, the module
+    being one that runs several times per pass (a shared activation); None: every call. Make
+    one per pass: the count starts when it is made."""
+    if call is None:
+        return hook
+    calls = [0]
+
+    def on_that_call(module, inputs, output):
+        calls[0] += 1
+        return hook(module, inputs, output) if calls[0] - 1 == call else None
+    return on_that_call

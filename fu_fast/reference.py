@@ -13,7 +13,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from .hooks import forward_hooks
+from .hooks import forward_hooks, on_call
 
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -101,10 +101,11 @@ def covariance_accumulate(activation: torch.Tensor, rows: torch.Tensor, count: t
 
 @torch.inference_mode()
 def naive_ablation_counts(model: torch.nn.Module, module: torch.nn.Module, batches,
-                          keys: list[int], thresholds: list[int], inner: int) -> np.ndarray:
+                          keys: list[int], thresholds: list[int], inner: int, call: int | None = None) -> np.ndarray:
     """Agreement counts by one full forward pass per mask and batch (the paper's way).
 
-    A forward hook multiplies the module's output by a materialised 0/1 mask.
+    A forward hook multiplies the module's output by a materialised 0/1 mask (at its ``call``-th
+    call in a forward pass, for a module that runs several times).
     """
     counts = np.zeros(len(keys), dtype=np.int64)
     for inputs in batches:
@@ -116,6 +117,6 @@ def naive_ablation_counts(model: torch.nn.Module, module: torch.nn.Module, batch
                 masked = output.reshape(-1, units, inner) * keep.reshape(1, units, 1).to(output.dtype)
                 return masked.reshape(output.shape)
 
-            with forward_hooks([(module, hook)]):
+            with forward_hooks([(module, on_call(call, hook))]):
                 counts[k] += int((model(inputs).argmax(dim=1) == base).sum())
     return counts

@@ -36,11 +36,12 @@ def prunable_fraction(grid: list[float], curve: list[float], tolerance: float) -
     return 1.0
 
 
-def count_agreement(forward: Callable[[torch.Tensor], torch.Tensor], module: torch.nn.Module, inputs: torch.Tensor,
+def count_agreement(forward: Callable[[torch.Tensor], torch.Tensor], hook_on_layer: Callable, inputs: torch.Tensor,
                     base_labels: torch.Tensor, keys: list[int], thresholds: list[int],
                     inner: int) -> torch.Tensor:
-    """One forward (the model, or a function from inputs to its logits) with the layer expanded to
-    len(keys) masked copies; agreement per mask."""
-    with forward_hooks([(module, MaskedExpansion(keys, thresholds, inner))]):
+    """One forward (a function from inputs to the model's logits) with the layer expanded to
+    len(keys) masked copies; agreement per mask. ``hook_on_layer(hook)`` gives the (module, hook)
+    pair that applies a hook to the layer's output (Layer.hook)."""
+    with forward_hooks([hook_on_layer(MaskedExpansion(keys, thresholds, inner))]):
         logits = forward(inputs)
     return kernels.label_agreement(logits, base_labels, len(keys))

@@ -242,7 +242,7 @@ def _lead_pass(forward, x, passes: list[LayerPass], lead: LayerPass, start: int,
             return expansion(_module, _inputs, output) if layer_pass is lead else None
         return hook
 
-    with _layer_errors(lead.layer.name), forward_hooks([(p.layer.module, feed(p)) for p in passes]):
+    with _layer_errors(lead.layer.name), forward_hooks([p.layer.hook(feed(p)) for p in passes]):
         logits = forward(x)
         if logits.dim() == 2 and logits.shape[0] != (1 + stop - start) * rows:   # read past by the kernel below
             raise FuFastError(f"the model returned {logits.shape[0]} rows of logits for the unmasked rows and "
@@ -256,7 +256,7 @@ def _masked_pass(forward, x, base: torch.Tensor, layer_pass: LayerPass, start: i
     """One forward with the layer's output replaced by its masked copies [start, stop)."""
     keys, thresholds = list(layer_pass.plan.keys[start:stop]), list(layer_pass.plan.thresholds[start:stop])
     with _layer_errors(layer_pass.layer.name):
-        layer_pass.counts[start:stop] += ablation.count_agreement(forward, layer_pass.layer.module, x, base, keys,
+        layer_pass.counts[start:stop] += ablation.count_agreement(forward, layer_pass.layer.hook, x, base, keys,
                                                                   thresholds, layer_pass.layer.inner)
 
 

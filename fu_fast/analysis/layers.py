@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import FuFastError
-from ..hooks import forward_hooks
+from ..hooks import forward_hooks, on_call
 from .outputs import forward_to_logits, logits_of
 
 # Modules whose outputs are the natural "units" of a network when it names no layers.
@@ -32,6 +32,11 @@ class Layer:
     unit: str                         # "position" or "channel"
     suffix_bytes_per_row: int = 0     # memory estimate of the passes after this layer
     position: int = 0                 # when its output is computed in a forward pass (execution order)
+    call: int | None = None           # which call of a module that runs several times ("name@call")
+
+    def hook(self, fn) -> tuple[nn.Module, object]:
+        """(module, hook) applying ``fn`` to this layer's output only (its call, if it names one)."""
+        return self.module, on_call(self.call, fn)
 
     @property
     def kind(self) -> str:
@@ -69,30 +74,29 @@ class _Recorder:
     """Forward hooks on every module: call counts, output shapes and execution order."""
 
     def __init__(self, model: nn.Module):
-        self.order: list[tuple[str, int]] = []  # (module name, output bytes per row) per call
+        self.order: list[tuple[str, int, int]] = []  # (module name, call, output bytes per row)
         self.calls: dict[str, int] = {}
-        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.shapes: dict[tuple[str, int], tuple[int, ...]] = {}   # (name, call) -> one example's shape
         self.outputs: dict[int, str] = {}       # id(output tensor) -> module name
         self.first_nonfinite: str | None = None  # the first module whose output has NaN/inf
         self.hooks = [(m, self._hook(name)) for name, m in model.named_modules() if name]
 
     def _hook(self, name):
         def record(_module, _inputs, output):
-            self.calls[name] = self.calls.get(name, 0) + 1
+            call = self.calls.get(name, 0)
+            self.calls[name] = call + 1
             if isinstance(output, torch.Tensor) and output.dim() >= 1:
-                self.shapes[name] = tuple(output.shape[1:])
+                self.shapes[(name, call)] = tuple(output.shape[1:])
                 per_row = output[0].numel() * output.element_size() if output.shape[0] else 0
-                self.order.append((name, per_row))
+                self.order.append((name, call, per_row))
                 self.outputs[id(output)] = name
                 if self.first_nonfinite is None and output.is_floating_point() \
                         and not bool(torch.isfinite(output).all()):
                     self.first_nonfinite = name
-            else:
-                self.shapes.pop(name, None)
         return record
 
 
-def _is_cut_point(forward, module: nn.Module, x1: torch.Tensor, x2: torch.Tensor) -> bool:
+def _is_cut_point(forward, module: nn.Module, call: int | None, x1: torch.Tensor, x2: torch.Tensor) -> bool:
     captured = {}
 
     def capture(_m, _i, output):
@@ -101,9 +105,9 @@ def _is_cut_point(forward, module: nn.Module, x1: torch.Tensor, x2: torch.Tensor
     def substitute(_m, _i, _output):
         return captured["output"]
 
-    with forward_hooks([(module, capture)]):
+    with forward_hooks([(module, on_call(call, capture))]):
         reference = forward(x1)
-    with forward_hooks([(module, substitute)]):
+    with forward_hooks([(module, on_call(call, substitute))]):
         substituted = forward(x2)
     scale = float(reference.abs().max()) if reference.numel() else 0.0
     return bool(torch.allclose(substituted, reference, rtol=1e-4, atol=1e-5 * scale + 1e-6))
@@ -146,33 +150,47 @@ def resolve(model: nn.Module, probe: torch.Tensor, names: list[str] | None, unit
     x2 = _other_input(probe)
     layers = []
     for name in names:
-        module = modules.get(name) if name else None
+        module_name, call = _parse_layer_name(name)
+        module = modules.get(module_name) if module_name else None
         if module is None:
             raise FuFastError(f"unknown layer '{name}': the model has no module of that name")
-        calls = recorder.calls.get(name, 0)
-        if calls != 1:
-            raise FuFastError(f"layer '{name}' runs {calls} times per forward pass; "
-                              "name a module that runs once (its output is the analysed layer)")
-        shape = recorder.shapes.get(name)
+        calls = recorder.calls.get(module_name, 0)
+        if call is None and calls != 1:
+            raise FuFastError(f"layer '{name}' runs {calls} times per forward pass; name a module that runs once, "
+                              f"or one of its calls: '{name}@0' ... '{name}@{max(calls - 1, 0)}'")
+        if call is not None and call >= calls:
+            raise FuFastError(f"layer '{name}': '{module_name}' runs {calls} time(s) per forward pass "
+                              f"(calls @0 ... @{max(calls - 1, 0)})")
+        shape = recorder.shapes.get((module_name, call or 0))
         if shape is None or len(shape) not in (1, 3):
             raise FuFastError(f"layer '{name}' outputs {shape}; expected (N, C) or (N, C, H, W) tensors")
-        if not _is_cut_point(forward, module, probe, x2):
+        if not _is_cut_point(forward, module, call, probe, x2):
             if explicit:
                 raise FuFastError(f"layer '{name}' is not a cut point: the model's output depends on "
                                   "its input through another path (a skip connection?)")
             continue
-        position = max(i for i, (n, _) in enumerate(recorder.order) if n == name)
-        layers.append(Layer(name, module, shape, unit, _suffix_bytes(recorder.order, name), position))
+        position = next(i for i, (n, c, _) in enumerate(recorder.order) if (n, c) == (module_name, call or 0))
+        layers.append(Layer(name, module, shape, unit, _suffix_bytes(recorder.order, position), position, call))
     if not layers:
         raise FuFastError("the model has no analysable layers: name them with layers=[...] "
                           "(modules whose outputs are cut points)")
     return layers
 
 
-def _suffix_bytes(order: list[tuple[str, int]], name: str) -> int:
-    """Peak memory per row of a pass from this layer on: its output plus the two largest
-    outputs after it (inference mode frees each intermediate once its consumer ran)."""
-    position = max(i for i, (n, _) in enumerate(order) if n == name)
-    own = order[position][1]
-    after = sorted((b for _, b in order[position + 1:]), reverse=True)[:2]
+def _suffix_bytes(order: list[tuple[str, int, int]], position: int) -> int:
+    """Peak memory per row of a pass from the output at ``position`` on: that output plus the two
+    largest after it (inference mode frees each intermediate once its consumer ran)."""
+    own = order[position][2]
+    after = sorted((b for _, _, b in order[position + 1:]), reverse=True)[:2]
     return own + sum(after)
+
+
+def _parse_layer_name(name: str) -> tuple[str, int | None]:
+    """"module.path" -> (module.path, None); "module.path@k" -> (module.path, k): the k-th call
+    (from 0) of a module that runs several times per forward pass."""
+    module_name, at, call = name.rpartition("@") if "@" in name else (name, "", "")
+    if not at:
+        return name, None
+    if not call.isdigit():
+        raise FuFastError(f"layer '{name}': after '@' comes the call's number (from 0), as in '{module_name}@0'")
+    return module_name, int(call)
