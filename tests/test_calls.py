@@ -61,3 +61,28 @@ def test_one_call_of_a_shared_module_equals_the_naive_path(unit):
 def test_calls_are_named_and_checked(name, message):
     with pytest.raises(FuFastError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
         fu_fast.analyze(network(), INPUTS, layers=[name])
+
+
+class TokenClassifier(nn.Module):
+    """An activation of shape (batch, tokens, features) beside usable ones: default discovery
+    skips it, saying why, and analyses the rest."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.act, self.pool_act, self.head = nn.Linear(4, 6), nn.GELU(), nn.ReLU(), nn.Linear(6, 3)
+
+    def forward(self, x):                        # x: (batch, 5 tokens, 4)
+        return self.head(self.pool_act(self.act(self.embed(x)).mean(dim=1)))
+
+
+def test_default_discovery_skips_what_it_cannot_use_and_says_why(tmp_path):
+    x = torch.randn(20, 5, 4, generator=torch.Generator().manual_seed(2))
+    result = fu_fast.analyze(TokenClassifier(), x)
+    assert list(result.layers) == ["pool_act"]
+    assert result.skipped_layers == [{"layer": "act", "reason": "outputs (5, 6); expected (N, C) or (N, C, H, W) "
+                                                                "tensors"}]
+    path = result.save(tmp_path / "r.json")
+    assert fu_fast.AnalysisResult.load(path).skipped_layers == result.skipped_layers
+    with pytest.raises(FuFastError, match=r"layer 'act' outputs \(5, 6\)"):   # named, it is an error
+        fu_fast.analyze(TokenClassifier(), x, layers=["act"])
+    assert "skipped_layers" not in fu_fast.analyze(network(), INPUTS, layers=["1"]).to_dict()

@@ -113,8 +113,8 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None,
     model.eval()
     try:
         with torch.inference_mode(), _numerics(device, precision):
-            passes, correct = _one_pass(model, batches, layers, settings, device, dtype, channels_last,
-                                        memory_budget, progress, logits)
+            passes, skipped, correct = _one_pass(model, batches, layers, settings, device, dtype, channels_last,
+                                                 memory_budget, progress, logits)
             if group is not None:
                 _combine(passes, correct, device)
     finally:
@@ -136,7 +136,7 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None,
                 "split": dinfo.pop("split", "given"), "options": dinfo.pop("options", {})}
     record = {**settings.record(), "precision": precision, "device": str(device)}
     return AnalysisResult(
-        model=model_doc, data=data_doc, settings=record, layers=results, trial=trial,
+        model=model_doc, data=data_doc, settings=record, layers=results, trial=trial, skipped_layers=skipped,
         timing={"seconds": time.perf_counter() - started, "passes_over_data": batches.passes},
         build={"version": kernels.compiled_version(), "backend": kernels.backend_for(device),
                "kernels": kernel_backend})
@@ -163,10 +163,11 @@ class LayerPass:
 
 
 def _one_pass(model, batches, layer_names, settings: AnalysisSettings, device, dtype, channels_last, memory_budget,
-              progress, logits) -> tuple[list[LayerPass], torch.Tensor]:
+              progress, logits) -> tuple[list[LayerPass], list[dict], torch.Tensor]:
     """Per batch, one expanded pass per analysed layer (the first one also yields the base labels
-    and every layer's moments); returns the layers' records and the count of correct labels."""
-    passes = _plan(model, batches, layer_names, settings, device, dtype, channels_last, logits)
+    and every layer's moments); returns the layers' records, the candidates skipped and the count of
+    correct labels."""
+    passes, skipped = _plan(model, batches, layer_names, settings, device, dtype, channels_last, logits)
     forward = forward_to_logits(model, logits)
     # Accumulated on the device: the loop never waits for the GPU, so data loading, copies and
     # kernels overlap; non-finite values are found in the moments once the pass is over.
@@ -201,16 +202,16 @@ def _one_pass(model, batches, layer_names, settings: AnalysisSettings, device, d
             raise FuFastError(f"layer '{layer_pass.layer.name}' produced NaN or infinite activations")
     if not bool(output_finite):
         raise FuFastError("the model's output contains NaN or infinite values")
-    return passes, correct
+    return passes, skipped, correct
 
 
 def _plan(model, batches, layer_names, settings: AnalysisSettings, device, dtype, channels_last,
-          logits) -> list[LayerPass]:
+          logits) -> tuple[list[LayerPass], list[dict]]:
     """The analysed layers, checked on the first batch, with their masks and position samples."""
     probe = _prepare(batches.first(), device, dtype, channels_last)
     try:
-        analysed = layer_lib.resolve(model, probe[:16], list(layer_names) if layer_names is not None else None,
-                                     settings.unit, logits)
+        analysed, skipped = layer_lib.resolve(model, probe[:16], list(layer_names) if layer_names is not None else None,
+                                              settings.unit, logits)
     except FuFastError:
         raise
     except Exception as e:  # the model itself failed on the probe batch
@@ -223,7 +224,7 @@ def _plan(model, batches, layer_names, settings: AnalysisSettings, device, dtype
                                 device)
         passes.append(LayerPass(layer, plan, sample, CovarianceAccumulator(layer.units, device),
                                 torch.zeros(plan.num_masks, dtype=torch.int64, device=device)))
-    return passes
+    return passes, skipped
 
 
 def _lead_pass(forward, x, passes: list[LayerPass], lead: LayerPass, start: int, stop: int, first_example: int):

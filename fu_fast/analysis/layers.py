@@ -125,8 +125,10 @@ def _other_input(x: torch.Tensor) -> torch.Tensor:
 
 
 def resolve(model: nn.Module, probe: torch.Tensor, names: list[str] | None, unit: str,
-            logits=None) -> list[Layer]:
-    """Layers to analyse, checked on a probe batch; default layers when names is None.
+            logits=None) -> tuple[list[Layer], list[dict]]:
+    """Layers to analyse, checked on a probe batch; default layers when names is None. Returns
+    them, and the default candidates that could not be analysed with the reason ({"layer",
+    "reason"}): discovery skips those, while a layer the caller named is an error.
     ``logits`` finds the logits in the model's output (fu_fast.analysis.outputs.logits_of)."""
     forward = forward_to_logits(model, logits)
     modules = dict(model.named_modules())
@@ -148,7 +150,7 @@ def resolve(model: nn.Module, probe: torch.Tensor, names: list[str] | None, unit
                  if isinstance(m, ACTIVATIONS) and recorder.calls.get(n) == 1 and n != output_module]
 
     x2 = _other_input(probe)
-    layers = []
+    layers, skipped = [], []
     for name in names:
         module_name, call = _parse_layer_name(name)
         module = modules.get(module_name) if module_name else None
@@ -162,19 +164,24 @@ def resolve(model: nn.Module, probe: torch.Tensor, names: list[str] | None, unit
             raise FuFastError(f"layer '{name}': '{module_name}' runs {calls} time(s) per forward pass "
                               f"(calls @0 ... @{max(calls - 1, 0)})")
         shape = recorder.shapes.get((module_name, call or 0))
+        problem = None
         if shape is None or len(shape) not in (1, 3):
-            raise FuFastError(f"layer '{name}' outputs {shape}; expected (N, C) or (N, C, H, W) tensors")
-        if not _is_cut_point(forward, module, call, probe, x2):
+            problem = f"outputs {shape}; expected (N, C) or (N, C, H, W) tensors"
+        elif not _is_cut_point(forward, module, call, probe, x2):
+            problem = ("is not a cut point: the model's output depends on its input through another path "
+                       "(a skip connection?)")
+        if problem is not None:
             if explicit:
-                raise FuFastError(f"layer '{name}' is not a cut point: the model's output depends on "
-                                  "its input through another path (a skip connection?)")
+                raise FuFastError(f"layer '{name}' {problem}")
+            skipped.append({"layer": name, "reason": problem})
             continue
         position = next(i for i, (n, c, _) in enumerate(recorder.order) if (n, c) == (module_name, call or 0))
         layers.append(Layer(name, module, shape, unit, _suffix_bytes(recorder.order, position), position, call))
     if not layers:
+        skips = "; ".join(f"'{s['layer']}' {s['reason']}" for s in skipped[:3])
         raise FuFastError("the model has no analysable layers: name them with layers=[...] "
-                          "(modules whose outputs are cut points)")
-    return layers
+                          "(modules whose outputs are cut points)" + (f"; skipped {skips}" if skips else ""))
+    return layers, skipped
 
 
 def _suffix_bytes(order: list[tuple[str, int, int]], position: int) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import write_atomic
@@ -90,6 +90,8 @@ class AnalysisResult:
     timing: dict
     build: dict
     trial: int | None = None
+    # Candidates of the default layer discovery that could not be analysed: [{"layer", "reason"}].
+    skipped_layers: list[dict] = field(default_factory=list)
 
     @property
     def summary(self) -> dict:
@@ -113,6 +115,8 @@ class AnalysisResult:
             "settings": self.settings, "layers": [layer.to_dict() for layer in self.layers.values()],
             "summary": self.summary, "timing": self.timing, "build": self.build,
         }
+        if self.skipped_layers:
+            document["skipped_layers"] = self.skipped_layers
         _check_finite(document)
         return document
 
@@ -131,7 +135,8 @@ class AnalysisResult:
             raise ValueError(f"not a fu-fast analysis document (schema {found!r})")
         try:
             layers = {layer["name"]: LayerResult.from_dict(layer) for layer in d["layers"]}
-            return cls(d["model"], d["data"], d["settings"], layers, d["timing"], d["build"], d.get("trial"))
+            return cls(d["model"], d["data"], d["settings"], layers, d["timing"], d["build"], d.get("trial"),
+                       list(d.get("skipped_layers", [])))
         except KeyError as e:
             raise ValueError(f"a {SCHEMA} document without the entry {e}") from None
         except (TypeError, AttributeError, IndexError) as e:   # an entry of the wrong type
