@@ -155,3 +155,50 @@ def test_a_dead_layer_prints_as_dead(tmp_path, monkeypatch):
     result = invoke("analyze", "--model", "mlp", "--width", "0.25", "--limit", "50", "--out", out)
     assert result.exit_code == 0, result.output
     assert "dead" in result.stdout and out.exists()
+
+
+def _typed_options():
+    """(command, option, kind) for every number and choice option of every command, read from the
+    commands' own signatures, so that an option added later is covered without a new table row."""
+    import enum
+    import inspect
+    import typing
+
+    for command in cli_app.typer.main.get_command(cli_app.app).commands.values():
+        if command.name == "bench":   # its options belong to the benchmark scripts (argparse)
+            continue
+        hints = typing.get_type_hints(command.callback.__wrapped__)
+        for name, parameter in inspect.signature(command.callback.__wrapped__).parameters.items():
+            kind = hints[name]
+            kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)   # Optional[X] -> X
+            option = getattr(parameter.default, "param_decls", None) or ("--" + name.replace("_", "-"),)
+            flag = next((d for d in option if d.startswith("--")), None)
+            if flag is None or kind is bool:
+                continue
+            if kind in (int, float) or (isinstance(kind, type) and issubclass(kind, enum.Enum)):
+                yield command.name, flag, kind
+
+
+TYPED_OPTIONS = list(_typed_options())
+
+
+def test_every_number_and_choice_option_is_walked():
+    assert len(TYPED_OPTIONS) >= 40 and ("analyze", "--levels", int) in TYPED_OPTIONS
+
+
+@pytest.mark.parametrize("command, flag, kind", TYPED_OPTIONS, ids=lambda v: getattr(v, "__name__", str(v)))
+@pytest.mark.parametrize("value", ["abc", ""])
+def test_a_value_of_the_wrong_type_is_one_error_line(command, flag, kind, value, tmp_path):
+    result = invoke(command, flag, value, "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and flag in lines[0], result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command, flag", sorted({(c, f) for c, f, _ in TYPED_OPTIONS}))
+def test_an_option_without_its_value_is_one_error_line(command, flag):
+    result = invoke(command, flag)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and flag in lines[0], result.stderr
