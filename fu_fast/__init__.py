@@ -8,11 +8,10 @@
 
 from __future__ import annotations
 
-import importlib
-
 __version__ = "0.1.0"
 
-from .errors import FuFastError  # noqa: E402  (light: no torch)
+from ._lazy import lazy_attributes  # noqa: E402  (light: no torch)
+from .errors import FuFastError  # noqa: E402
 
 # The rest imports torch: it is loaded on first use, so that `fu-fast --help` and the command
 # line's own modules start without it.
@@ -23,14 +22,4 @@ __all__ = ["__version__", "analyze", "gain", "build_info", "AnalysisResult", "La
            "models", "data"]
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'fu_fast' has no attribute {name!r}")
-    module = importlib.import_module(f".{_LAZY[name] or name}", __name__)
-    value = module if _LAZY[name] is None else getattr(module, name)
-    globals()[name] = value   # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY)

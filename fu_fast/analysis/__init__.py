@@ -6,7 +6,7 @@ The engine and results import torch and are loaded on first use, so that the set
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_attributes
 
 _LAZY = {"analyze": "engine", "gain": "gain", "AnalysisResult": "result", "LayerResult": "result",
          "AnalysisSettings": "settings"}
@@ -14,13 +14,4 @@ _LAZY = {"analyze": "engine", "gain": "gain", "AnalysisResult": "result", "Layer
 __all__ = ["analyze", "gain", "AnalysisResult", "LayerResult", "AnalysisSettings"]
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'fu_fast.analysis' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY)
