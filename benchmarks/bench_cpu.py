@@ -84,10 +84,15 @@ class Case:
     batch_size: int
     expected_ratio: float
     settings: dict = field(default_factory=dict)
+    levels: int = LEVELS
+    mask_repeats: int = MASK_REPEATS
+    chain: bool = True            # a chain of children (the floor splits it at each layer)
+    check_examples: int | None = None   # at most this many examples in the float64 check
 
 
 def build_cases(quick: bool, cnn_examples: int, cnn_width: float, mlp_examples: int,
                 batch_size: int, only: list[str] | None) -> list[Case]:
+    """The MLP and the AlexNet by default; "resnet18" (torchvision's, inner layers) on request."""
     generator = torch.Generator().manual_seed(SEED)
     cases = []
     if quick:
@@ -111,7 +116,28 @@ def build_cases(quick: bool, cnn_examples: int, cnn_width: float, mlp_examples: 
         cases.append(Case("cnn", f"AlexNet-CIFAR x{cnn['width']:g}, {cnn['examples']} images 32x32x3, "
                           "layers norm1, norm2, relu3, relu4",
                           model, inputs, tuple(model.analysis_layers), batch_size, 3.0, cnn))
+    if only and "resnet18" in only:
+        cases.append(resnet18_case(quick, generator, batch_size))
     return cases
+
+
+def resnet18_case(quick: bool, generator: torch.Generator, batch_size: int) -> Case:
+    """torchvision's ResNet18 at width 1, analysed at the first conv inside each of its 8 blocks:
+    none is a cut point (the shortcut goes around it), so the engine makes the masked copies at
+    the block's input and runs the block's conv1 on one copy (fu_fast.analysis.ablation); the
+    naive path runs the whole network per mask. 11 levels x 2 repeats keep the naive path near
+    a minute on one core."""
+    from torchvision.models import resnet18
+
+    torch.manual_seed(SEED + 2)
+    model = resnet18(weights=None).eval()
+    examples, size = (4, 64) if quick else (32, 112)
+    inputs = torch.randn(examples, 3, size, size, generator=generator)
+    layers = tuple(f"layer{stage}.{block}.conv1" for stage in range(1, 5) for block in range(2))
+    return Case("resnet18", f"torchvision ResNet18, {examples} images {size}x{size}x3, layers "
+                f"layer1.0.conv1 ... layer4.1.conv1 (inside the blocks, not cut points)",
+                model, inputs, layers, batch_size, 2.0, {"examples": examples, "image_size": size},
+                levels=11, mask_repeats=2, chain=False, check_examples=4)
 
 
 # ----------------------------------------------------------------------------- the two paths
@@ -131,12 +157,13 @@ def layer_units(model: nn.Module, inputs: torch.Tensor, layers) -> dict[str, int
     return units
 
 
-def naive_masks(layer: str, units: int) -> tuple[list[int], list[int]]:
-    """The 63 masks of one layer in (repeat, level) order, p = 0 included."""
+def naive_masks(layer: str, units: int, levels: int = LEVELS, repeats: int = MASK_REPEATS
+                ) -> tuple[list[int], list[int]]:
+    """The masks of one layer in (repeat, level) order, p = 0 included (63 by default)."""
     keys, thresholds = [], []
-    for r in range(MASK_REPEATS):
+    for r in range(repeats):
         key = masks.mask_key(SEED, layer, r)
-        for p in masks.level_grid(LEVELS):
+        for p in masks.level_grid(levels):
             keys.append(key)
             thresholds.append(masks.threshold(p, units))
     return keys, thresholds
@@ -168,7 +195,7 @@ def run_naive(case: Case, inputs: torch.Tensor, model: nn.Module, units: dict[st
     gc.collect()
     cpu0, started = time.process_time(), time.perf_counter()
     for layer in case.layers:
-        keys, thresholds = naive_masks(layer, units[layer])
+        keys, thresholds = naive_masks(layer, units[layer], case.levels, case.mask_repeats)
         with _forward_timer(model, modules[layer], masked):
             counts[layer] = reference.naive_ablation_counts(model, modules[layer], batches, keys, thresholds, 1)
     return time.perf_counter() - started, time.process_time() - cpu0, sum(masked), counts
@@ -209,18 +236,20 @@ def run_engine(case: Case, inputs: torch.Tensor, model: nn.Module):
     gc.collect()
     with _masked_pass_timer(masked):
         cpu0, started = time.process_time(), time.perf_counter()
-        result = fu_fast.analyze(model, inputs, layers=list(case.layers), repeats=MASK_REPEATS,
-                                 levels=LEVELS, seed=SEED, unit="position")
+        result = fu_fast.analyze(model, inputs, layers=list(case.layers), repeats=case.mask_repeats,
+                                 levels=case.levels, seed=SEED, unit="position")
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu0
     return seconds, cpu, sum(masked), result
 
 
 @torch.inference_mode()
-def run_floor(case: Case, inputs: torch.Tensor, model: nn.Sequential, units: dict[str, int]) -> float:
+def run_floor(case: Case, inputs: torch.Tensor, model: nn.Sequential, units: dict[str, int]) -> float | None:
     """Seconds of what any one-pass analysis must compute: one plain forward over the data (base
     labels, activations), plus, per layer, the part of the model after it on the engine's masked
     copies of its output (made beforehand, untimed). The zoo's mlp and alexnet are chains, so the
-    part after a layer is the slice of children after it."""
+    part after a layer is the slice of children after it; other models have no floor here."""
+    if not case.chain:
+        return None
     names, children = zip(*model.named_children())
     batches = inputs.split(case.batch_size)
     started = time.perf_counter()
@@ -230,7 +259,7 @@ def run_floor(case: Case, inputs: torch.Tensor, model: nn.Sequential, units: dic
     for layer in case.layers:
         position = names.index(layer)
         prefix, suffix = nn.Sequential(*children[:position + 1]), nn.Sequential(*children[position + 1:])
-        plan = masks.MaskPlan.build(layer, units[layer], masks.level_grid(LEVELS), MASK_REPEATS, SEED)
+        plan = masks.MaskPlan.build(layer, units[layer], masks.level_grid(case.levels), case.mask_repeats, SEED)
         for x in batches:
             expanded = kernels.expand_masked(prefix(x), list(plan.keys), list(plan.thresholds), 1)
             started = time.perf_counter()
@@ -239,12 +268,14 @@ def run_floor(case: Case, inputs: torch.Tensor, model: nn.Sequential, units: dic
     return seconds
 
 
-def compare(counts: dict[str, np.ndarray], result, examples: int) -> dict:
+def compare(counts: dict[str, np.ndarray], result, examples: int, levels: int = LEVELS,
+            repeats: int = MASK_REPEATS) -> dict:
     """Curve points where count / N differs from the engine's curve; must be none."""
+    shape = (repeats, levels)
     out = {"points": 0, "mismatches": 0, "max_abs_diff": 0.0, "p0_not_full": 0, "layers": {}}
     for layer, layer_counts in counts.items():
         curves = result.layers[layer].curves
-        naive = (layer_counts.astype(np.float64) / examples).reshape(MASK_REPEATS, LEVELS)
+        naive = (layer_counts.astype(np.float64) / examples).reshape(shape)
         engine = np.asarray(curves, dtype=np.float64)
         diff = np.abs(naive - engine)
         bad = int((naive != engine).sum())
@@ -253,7 +284,7 @@ def compare(counts: dict[str, np.ndarray], result, examples: int) -> dict:
         out["points"] += naive.size
         out["mismatches"] += bad
         out["max_abs_diff"] = max(out["max_abs_diff"], float(diff.max()))
-        out["p0_not_full"] += int((layer_counts.reshape(MASK_REPEATS, LEVELS)[:, 0] != examples).sum())
+        out["p0_not_full"] += int((layer_counts.reshape(shape)[:, 0] != examples).sum())
     return out
 
 
@@ -273,7 +304,7 @@ def bench_case(case: Case, repeats: int, check_examples: int, log) -> dict:
     warm = inputs[:min(inputs.shape[0], 8)]
     modules = dict(model.named_modules())
     for layer in case.layers:
-        keys, thresholds = naive_masks(layer, units[layer])
+        keys, thresholds = naive_masks(layer, units[layer], case.levels, case.mask_repeats)
         reference.naive_ablation_counts(model, modules[layer], [warm], keys[:2], thresholds[:2], 1)
     fu_fast.analyze(model, warm, layers=list(case.layers), repeats=1, levels=3, batch_size=case.batch_size)
 
@@ -298,36 +329,42 @@ def bench_case(case: Case, repeats: int, check_examples: int, log) -> dict:
             samples[path + "_cpu"].append(cpu)
             log(f"  rep {rep + 1}/{repeats} {path:6s} {seconds:8.3f} s  (masked passes {masked:8.3f} s; "
                 f"CPU time {cpu:8.3f} s)")
-        samples["floor"].append(run_floor(case, inputs, model, units))
-        log(f"  rep {rep + 1}/{repeats} floor  {samples['floor'][-1]:8.3f} s")
+        floor = run_floor(case, inputs, model, units)
+        if floor is not None:
+            samples["floor"].append(floor)
+            log(f"  rep {rep + 1}/{repeats} floor  {floor:8.3f} s")
 
-    med = {k: statistics.median(v) for k, v in samples.items()}
+    med = {k: statistics.median(v) if v else None for k, v in samples.items()}
     record = {
         "case": case.name, "description": case.description, "settings": case.settings,
         "batch_size": case.batch_size, "examples": int(inputs.shape[0]), "layers": list(case.layers),
-        "units": units, "masks_per_layer_naive": MASK_REPEATS * LEVELS,
-        "masks_per_layer_engine": {k: masks.MaskPlan.build(k, units[k], masks.level_grid(LEVELS),
-                                                            MASK_REPEATS, SEED).num_masks for k in case.layers},
+        "levels": case.levels, "mask_repeats": case.mask_repeats,
+        "units": units, "masks_per_layer_naive": case.mask_repeats * case.levels,
+        "masks_per_layer_engine": {k: masks.MaskPlan.build(k, units[k], masks.level_grid(case.levels),
+                                                            case.mask_repeats, SEED).num_masks for k in case.layers},
         "samples": samples, "median": med,
         "ratio": med["naive"] / med["engine"],
         "ratio_ablation": med["naive_masked"] / med["engine_masked"] if med["engine_masked"] else None,
         "ratio_cpu": med["naive_cpu"] / med["engine_cpu"] if med["engine_cpu"] else None,
         "ratio_per_rep_median": statistics.median(n / e for n, e in zip(samples["naive"], samples["engine"])),
-        "engine_over_floor": med["engine"] / med["floor"],
+        "engine_over_floor": med["engine"] / med["floor"] if med["floor"] else None,
         "expected_ratio": case.expected_ratio,
         "repeatable": stable,
-        "agreement_fp32": compare(last_counts, last_result, inputs.shape[0]),
+        "agreement_fp32": compare(last_counts, last_result, inputs.shape[0], case.levels, case.mask_repeats),
     }
     record["meets_expectation"] = record["ratio"] >= case.expected_ratio
     log("  prunable fractions (engine): " + ", ".join(
         f"{k} {last_result.layers[k].prunable_fraction:.3f}" for k in case.layers))
 
+    if case.check_examples is not None:
+        check_examples = min(check_examples, case.check_examples)
     if check_examples:
         sub = inputs[:min(check_examples, inputs.shape[0])].double()
         model64 = _double(model)
         counts64 = run_naive(case, sub, model64, units)[-1]
         result64 = run_engine(case, sub, model64)[-1]
-        record["agreement_fp64"] = dict(compare(counts64, result64, sub.shape[0]), examples=int(sub.shape[0]))
+        agreement = compare(counts64, result64, sub.shape[0], case.levels, case.mask_repeats)
+        record["agreement_fp64"] = dict(agreement, examples=int(sub.shape[0]))
     return record
 
 
@@ -347,15 +384,16 @@ def print_table(records: list[dict], out=None) -> None:
     def x(v):
         return f"{v:6.1f}x" if v else "     -"
 
-    head = (f"{'case':5s} {'naive s':>8s} {'engine s':>8s} {'ratio':>7s} {'expect':>6s} | {'floor s':>7s} "
+    head = (f"{'case':8s} {'naive s':>8s} {'engine s':>8s} {'ratio':>7s} {'expect':>6s} | {'floor s':>7s} "
             f"{'/floor':>6s} | {'per-rep':>7s} {'CPU-t':>7s} | {'naive abl':>9s} {'eng. abl':>8s} {'ratio':>7s} | "
             f"{'agree fp32':<10s} {'fp64':<4s}")
     print(head, file=out)
     print("-" * len(head), file=out)
     for r in records:
         m = r["median"]
-        print(f"{r['case']:5s} {m['naive']:8.2f} {m['engine']:8.2f} {x(r['ratio'])} "
-              f"{'>=' + format(r['expected_ratio'], 'g'):>6s} | {m['floor']:7.2f} {r['engine_over_floor']:5.2f}x | "
+        floor = f"{m['floor']:7.2f} {r['engine_over_floor']:5.2f}x" if m["floor"] else f"{'-':>7s} {'-':>6s}"
+        print(f"{r['case']:8s} {m['naive']:8.2f} {m['engine']:8.2f} {x(r['ratio'])} "
+              f"{'>=' + format(r['expected_ratio'], 'g'):>6s} | {floor} | "
               f"{x(r['ratio_per_rep_median'])} {x(r['ratio_cpu'])} | "
               f"{m['naive_masked']:9.2f} {m['engine_masked']:8.2f} {x(r['ratio_ablation'])} | "
               f"{_agree_text(r['agreement_fp32']):<10s} {_agree_text(r.get('agreement_fp64')):<4s}", file=out)
@@ -405,7 +443,9 @@ def parse_args(argv):
     p.add_argument("--repeats", type=int, default=None,
                    help="timed repetitions of each path, interleaved (default 3; 1 with --quick)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    p.add_argument("--cases", nargs="+", choices=("mlp", "cnn"), help="run only these cases")
+    p.add_argument("--cases", nargs="+", choices=("mlp", "cnn", "resnet18"),
+                   help="run only these cases (default: mlp and cnn; resnet18, torchvision's ResNet18 at inner "
+                        "layers, runs when named)")
     p.add_argument("--batch-size", type=int, default=1000,
                    help="rows per batch of the naive path and the floor (default 1000); the engine picks its own")
     p.add_argument("--mlp-examples", type=int, default=1000, help="MLP examples (default 1000)")
@@ -467,9 +507,8 @@ def _run(args, blas_set: bool) -> dict:
             log(f"note: {r['case']} ratio {r['ratio']:.1f}x is below the expected {r['expected_ratio']:g}x")
         if not r["repeatable"]:
             log(f"note: {r['case']}: repeated runs of a path gave different counts/curves")
-    doc = {"benchmark": "bench_cpu", "quick": args.quick, "repeats": args.repeats, "levels": LEVELS,
-           "mask_repeats": MASK_REPEATS, "seed": SEED, "environment": env, "cases": records,
-           "seconds": time.perf_counter() - started}
+    doc = {"benchmark": "bench_cpu", "quick": args.quick, "repeats": args.repeats, "seed": SEED,
+           "environment": env, "cases": records, "seconds": time.perf_counter() - started}
     doc["load_average_after"] = os.getloadavg()
     log(f"total {doc['seconds']:.1f} s; load average before {env['load_average'][0]:.1f}, "
         f"after {doc['load_average_after'][0]:.1f}")

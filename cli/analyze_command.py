@@ -18,6 +18,7 @@ from .console import ProgressBar, err, out, user_errors
 
 
 class Unit(str, Enum):
+    auto = "auto"
     position = "position"
     channel = "channel"
 
@@ -30,9 +31,16 @@ class Precision(str, Enum):
 
 @user_errors
 def analyze(
-    model: Optional[str] = typer.Option(None, help="model name [default: the checkpoint's]"),
-    width: Optional[float] = typer.Option(None, help="width factor [default: the checkpoint's; 1 without one]"),
+    model: Optional[str] = typer.Option(None, help="a zoo model (mlp, alexnet, resnet56, resnet18, inception_v3, "
+                                                   "...), torchvision:NAME, timm:NAME or package.module:factory "
+                                                   "[default: the checkpoint's]"),
+    width: Optional[float] = typer.Option(None, help="width factor of a zoo model [default: the checkpoint's; 1 "
+                                                     "without one]"),
     checkpoint: Optional[Path] = typer.Option(None, help="a run directory of fu-fast train, or a .pt file"),
+    weights: Optional[Path] = typer.Option(None, help="a state dict file for a torchvision:, timm: or factory model, "
+                                                      "loaded weights-only and strictly (default: fresh weights)"),
+    num_classes: Optional[int] = typer.Option(None, help="output logits (default: the model's; 1000 for "
+                                                         "torchvision: and timm:)"),
     data: Optional[str] = typer.Option(None, help="synthetic, cifar10 or imagenet [default: the run's]"),
     data_dir: Optional[Path] = typer.Option(None, help="data location [default: the run's]"),
     split: str = typer.Option("test", help="train, val or test (imagenet: val and test are the validation set)"),
@@ -71,6 +79,7 @@ def analyze(
 
     from fu_fast import data as data_lib
     from fu_fast import models
+    from fu_fast.models.external import is_external
     from fu_fast.train import load_model, read_run
     from fu_fast.train.distributed import setup, teardown
 
@@ -83,15 +92,23 @@ def analyze(
     if workers is not None and workers < 0:
         raise FuFastError(f"--workers must be 0 or more, got {workers}")
     run = None
-    if checkpoint is not None:
+    if model is not None and is_external(model):
+        net = _build_external(model, width=width, checkpoint=checkpoint, weights=weights, num_classes=num_classes,
+                              image_size=image_size, input_dim=input_dim, data=data, seed=seed)
+    elif weights is not None:
+        raise FuFastError("--weights loads a state dict into a torchvision:NAME, timm:NAME or package.module:factory "
+                          "model; a zoo model's trained weights come from --checkpoint RUN_DIR")
+    elif checkpoint is not None:
         net, _ = load_model(checkpoint, model=model, width=width)
         run = read_run(checkpoint if checkpoint.is_dir() else checkpoint.parent)
         _check_agrees_with_checkpoint(net.fu_fast_config, {"--input-dim": ("input_dim", input_dim),
-                                                           "--image-size": ("input_size", image_size)})
+                                                           "--image-size": ("input_size", image_size),
+                                                           "--num-classes": ("num_classes", num_classes)})
     else:
         if model is None:
             raise FuFastError("say which model to analyse: --model (and --checkpoint for trained weights)")
-        options = {k: v for k, v in (("input_dim", input_dim), ("input_size", image_size)) if v is not None}
+        options = {k: v for k, v in (("input_dim", input_dim), ("input_size", image_size),
+                                     ("num_classes", num_classes)) if v is not None}
         torch.manual_seed(seed)   # an untrained model: the same weights in every process and every run
         net = models.build(model, 1.0 if width is None else width, **options)
     dataset = data_lib.for_analysis(net.fu_fast_config, trained=run["settings"] if run else None, name=data,
@@ -124,6 +141,25 @@ def analyze(
             err.print(f"wrote {result_file}", highlight=False)
 
 
+def _build_external(model: str, *, width, checkpoint, weights, num_classes, image_size, input_dim, data, seed):
+    """A torchvision:, timm: or package.module:factory model (fu_fast.models.external)."""
+    import torch
+
+    from fu_fast.models.external import build_external
+
+    if checkpoint is not None:
+        raise FuFastError(f"--checkpoint holds a fu-fast training run of a zoo model; give {model} its trained "
+                          "weights with --weights FILE (a state dict)")
+    if width is not None:
+        raise FuFastError(f"--width scales the zoo models (mlp, alexnet, resnet56, resnet18, ...), not {model}; "
+                          "leave it out")
+    torch.manual_seed(seed)   # fresh weights: the same in every process and every run
+    net = build_external(model, weights=weights, num_classes=num_classes, image_size=image_size, input_dim=input_dim)
+    if data in ("cifar10", "imagenet") and "input_size" not in net.fu_fast_config["options"]:
+        raise FuFastError(f"{model} declares no image size: say it with --image-size N for {data} images")
+    return net
+
+
 def _check_agrees_with_checkpoint(config: dict, flags: dict) -> None:
     """Refuse a flag that would describe another model than the checkpoint holds (it would be
     ignored): {flag: (build option, value given or None)}."""
@@ -137,7 +173,8 @@ def _check_agrees_with_checkpoint(config: dict, flags: dict) -> None:
 
 def _layer_table(result) -> Table:
     m = result.model
-    title = (f"{m['name']} x{m['width']} ({m['parameters']:,} parameters"
+    width = "" if m["width"] is None else f" x{m['width']}"   # an external model has no width
+    title = (f"{m['name']}{width} ({m['parameters']:,} parameters"
              + (f", accuracy {m['accuracy']:.4f}" if m.get("accuracy") is not None else "") + ")")
     table = Table(title=title)
     for column in ("layer", "kind", "units", "prunable", "prunable units", "redundant units", "mean |r|"):

@@ -1,4 +1,4 @@
-// Masked-ablation kernels: fused expand-and-mask and label agreement.
+// Masked-ablation kernels: fused expand-and-mask, in-place masking and label agreement.
 #pragma once
 
 #include "common.h"
@@ -39,6 +39,13 @@ FU_FAST_HD int64_t unit_of_element(int64_t e, const RowLayout& layout) {
 void expand_masked_cpu(const void* src, void* dst, int64_t batch, RowLayout layout, int elem_size,
                        MaskSpec masks);
 
+// The in-place twin of expand_masked, for rows already expanded (a layer that is not a cut
+// point is analysed by expanding the batch earlier in the model: copy k gets mask k here).
+//   data: [num_masks, batch, row] rows laid out as expand_masked's dst, masked in place: row
+//         k * batch + b gets mask k. A mask with threshold <= 0 leaves its rows untouched (not
+//         even read); one with threshold >= units zeroes them without computing ranks.
+void mask_rows_cpu(void* data, int64_t batch, RowLayout layout, int elem_size, MaskSpec masks);
+
 // counts[k] += #{b : argmax(logits[k * batch + b, :]) == base_labels[b]} for every mask k.
 //   logits: [num_masks * batch, classes], rows row_stride elements apart.
 // argmax follows torch.argmax: the first maximal index, NaN counting as maximal.
@@ -52,6 +59,7 @@ void label_agreement_cpu(const void* logits, DType dtype, int64_t num_masks, int
 // waited for.
 void expand_masked_cuda(const void* src, void* dst, int64_t batch, RowLayout layout, int elem_size,
                         MaskSpec masks, void* stream);
+void mask_rows_cuda(void* data, int64_t batch, RowLayout layout, int elem_size, MaskSpec masks, void* stream);
 // counts: num_masks int64 counters in device memory, added to as on the CPU.
 void label_agreement_cuda(const void* logits, DType dtype, int64_t num_masks, int64_t batch,
                           int64_t classes, int64_t row_stride, const int64_t* base_labels,

@@ -53,12 +53,24 @@ void require(bool condition, const char* message) {
   if (!condition) throw std::invalid_argument(message);
 }
 
-RowLayout row_layout(int64_t batch, int64_t units, int64_t inner, int64_t channels, int64_t spatial,
-                     bool channels_last, int64_t num_masks) {
-  require(batch >= 1 && units >= 1 && inner >= 1 && num_masks >= 1, "expand_masked: sizes must be positive");
-  require(!channels_last || (channels >= 1 && spatial >= 1 && channels * spatial == units * inner),
-          "expand_masked: a channels_last row must hold channels * spatial elements");
+void require(bool condition, const char* kernel, const char* message) {
+  if (!condition) throw std::invalid_argument(std::string(kernel) + ": " + message);
+}
+
+// The row layout and masks of a masking kernel (expand_masked, mask_rows), checked; errors name
+// the kernel.
+RowLayout row_layout(const char* kernel, int64_t batch, int64_t units, int64_t inner, int64_t channels,
+                     int64_t spatial, bool channels_last, int elem_size, int64_t num_masks) {
+  require(batch >= 1 && units >= 1 && inner >= 1 && num_masks >= 1, kernel, "sizes must be positive");
+  require(!channels_last || (channels >= 1 && spatial >= 1 && channels * spatial == units * inner), kernel,
+          "a channels_last row must hold channels * spatial elements");
+  require(elem_size == 2 || elem_size == 4 || elem_size == 8, kernel, "element size must be 2, 4 or 8 bytes");
   return RowLayout{units, inner, channels, spatial, channels_last};
+}
+
+MaskSpec mask_spec(uintptr_t keys, uintptr_t thresholds, int64_t num_masks) {
+  return MaskSpec{as_pointer<const uint64_t>(keys, "keys"), as_pointer<const int64_t>(thresholds, "thresholds"),
+                  num_masks};
 }
 
 using Stream = std::optional<uintptr_t>;
@@ -96,7 +108,7 @@ py::dict build_info() {
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "fu-fast native core: keyed permutations, masked expansion, label agreement, "
+  m.doc() = "fu-fast native core: keyed permutations, masked expansion, in-place masking, label agreement, "
             "streaming covariance (pointers in, no libtorch; CPU kernels, and CUDA twins given a stream).";
 
   m.def("build_info", &build_info, "Version, compiled backends, CUDA and OpenMP facts.");
@@ -128,11 +140,9 @@ PYBIND11_MODULE(_C, m) {
       [](uintptr_t src, uintptr_t dst, int64_t batch, int64_t units, int64_t inner, int64_t channels,
          int64_t spatial, bool channels_last, int elem_size, uintptr_t keys, uintptr_t thresholds,
          int64_t num_masks, Stream stream) {
-        const RowLayout layout = row_layout(batch, units, inner, channels, spatial, channels_last, num_masks);
-        require(elem_size == 2 || elem_size == 4 || elem_size == 8,
-                "expand_masked: element size must be 2, 4 or 8 bytes");
-        MaskSpec masks{as_pointer<const uint64_t>(keys, "keys"),
-                       as_pointer<const int64_t>(thresholds, "thresholds"), num_masks};
+        const RowLayout layout =
+            row_layout("expand_masked", batch, units, inner, channels, spatial, channels_last, elem_size, num_masks);
+        const MaskSpec masks = mask_spec(keys, thresholds, num_masks);
         const void* in = as_pointer<const void>(src, "src");
         void* out = as_pointer<void>(dst, "dst");
         if (!stream) {
@@ -146,6 +156,28 @@ PYBIND11_MODULE(_C, m) {
       py::arg("channels"), py::arg("spatial"), py::arg("channels_last"), py::arg("elem_size"),
       py::arg("keys"), py::arg("thresholds"), py::arg("num_masks"), py::arg("stream") = py::none(),
       "num_masks masked copies of [batch, units * inner] rows (channels_last: NHWC rows).");
+
+  m.def(
+      "mask_rows",
+      [](uintptr_t data, int64_t batch, int64_t units, int64_t inner, int64_t channels, int64_t spatial,
+         bool channels_last, int elem_size, uintptr_t keys, uintptr_t thresholds, int64_t num_masks,
+         Stream stream) {
+        const RowLayout layout =
+            row_layout("mask_rows", batch, units, inner, channels, spatial, channels_last, elem_size, num_masks);
+        const MaskSpec masks = mask_spec(keys, thresholds, num_masks);
+        void* rows = as_pointer<void>(data, "data");
+        if (!stream) {
+          py::gil_scoped_release release;
+          mask_rows_cpu(rows, batch, layout, elem_size, masks);
+          return;
+        }
+        FU_FAST_CUDA_TWIN(mask_rows_cuda(rows, batch, layout, elem_size, masks, as_stream(*stream)));
+      },
+      py::arg("data"), py::arg("batch"), py::arg("units"), py::arg("inner"), py::arg("channels"),
+      py::arg("spatial"), py::arg("channels_last"), py::arg("elem_size"), py::arg("keys"),
+      py::arg("thresholds"), py::arg("num_masks"), py::arg("stream") = py::none(),
+      "Mask k applied in place to rows k * batch .. (k + 1) * batch - 1 of [num_masks, batch, units * inner] "
+      "rows (channels_last: NHWC rows).");
 
   m.def(
       "label_agreement",

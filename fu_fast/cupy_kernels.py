@@ -89,6 +89,20 @@ def _ptr(address: int) -> np.uint64:
     return np.uint64(address)
 
 
+def _masking_geometry(launcher: str, units: int, inner: int, elem_size: int, num_masks: int,
+                      buffers: tuple[int, ...]) -> tuple[bool, tuple[int, int]]:
+    """The checks and the launch geometry of the C++ masking launchers (check_masking,
+    takes_16_byte_vectors and masking_grid in ablation_cuda.cu): whether the rows move as 16-byte
+    vectors, and the grid (one thread per vector or per element of a row, y the mask)."""
+    if num_masks > 65535:
+        raise ValueError(f"{launcher}: at most 65535 masks per call")
+    if elem_size not in (2, 4, 8):
+        raise ValueError(f"{launcher}: element size must be 2, 4 or 8 bytes")
+    elements = units * inner
+    vec16 = elements * elem_size % 16 == 0 and all(address % 16 == 0 for address in buffers)
+    return vec16, (_blocks(elements * elem_size // 16 if vec16 else elements), num_masks)
+
+
 class CupyKernels:
     def __init__(self):
         import cupy
@@ -101,6 +115,8 @@ class CupyKernels:
         self._ranks = ablation.get_function("fu_permutation_ranks")
         self._expand_vec16 = ablation.get_function("fu_expand_masked_vec16")
         self._expand_scalar = ablation.get_function("fu_expand_masked_scalar")
+        self._mask_rows_vec16 = ablation.get_function("fu_mask_rows_vec16")
+        self._mask_rows_scalar = ablation.get_function("fu_mask_rows_scalar")
         self._agreement = ablation.get_function("fu_label_agreement")
         self._batch_mean = covariance.get_function("fu_covariance_batch_mean")
         self._cross = covariance.get_function("fu_covariance_cross")
@@ -117,18 +133,19 @@ class CupyKernels:
 
     def expand_masked(self, src, dst, batch, units, inner, channels, spatial, channels_last, elem_size, keys,
                       thresholds, num_masks, *, stream):
-        # The checks of the C++ launcher (expand_masked_cuda in ablation_cuda.cu).
-        if num_masks > 65535:
-            raise ValueError("expand_masked_cuda: at most 65535 masks per call")
-        if elem_size not in (2, 4, 8):
-            raise ValueError("expand_masked_cuda: element size must be 2, 4 or 8 bytes")
-        row_bytes = units * inner * elem_size
-        aligned = row_bytes % 16 == 0 and src % 16 == 0 and dst % 16 == 0
-        kernel = self._expand_vec16 if aligned else self._expand_scalar
-        work = row_bytes // 16 if aligned else units * inner
+        vec16, grid = _masking_geometry("expand_masked_cuda", units, inner, elem_size, num_masks, (src, dst))
+        kernel = self._expand_vec16 if vec16 else self._expand_scalar
         args = (_ptr(src), _ptr(dst), np.int64(batch), np.int64(units), np.int64(inner), np.int64(channels),
                 np.int64(spatial), np.int32(bool(channels_last)), np.int32(elem_size), _ptr(keys), _ptr(thresholds))
-        self._launch(kernel, (_blocks(work), num_masks), args, stream)
+        self._launch(kernel, grid, args, stream)
+
+    def mask_rows(self, data, batch, units, inner, channels, spatial, channels_last, elem_size, keys, thresholds,
+                  num_masks, *, stream):
+        vec16, grid = _masking_geometry("mask_rows_cuda", units, inner, elem_size, num_masks, (data,))
+        kernel = self._mask_rows_vec16 if vec16 else self._mask_rows_scalar
+        args = (_ptr(data), np.int64(batch), np.int64(units), np.int64(inner), np.int64(channels),
+                np.int64(spatial), np.int32(bool(channels_last)), np.int32(elem_size), _ptr(keys), _ptr(thresholds))
+        self._launch(kernel, grid, args, stream)
 
     def label_agreement(self, logits, dtype, num_masks, batch, classes, row_stride, base_labels, counts, *,
                         stream):

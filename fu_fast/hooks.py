@@ -12,13 +12,18 @@ from torch import nn
 
 @contextlib.contextmanager
 def forward_hooks(hooks: Iterable[tuple[nn.Module, Callable]] = (),
-                  pre_hooks: Iterable[tuple[nn.Module, Callable]] = ()) -> Iterator[None]:
-    """Register each (module, hook) as a forward hook and each (module, pre_hook) as a forward
-    pre-hook; remove all of them when the block ends, by error or not."""
+                  pre_hooks: Iterable[tuple[nn.Module, Callable]] = (),
+                  kwargs_pre_hooks: Iterable[tuple[nn.Module, Callable]] = ()) -> Iterator[None]:
+    """Register each (module, hook) as a forward hook, each (module, pre_hook) as a forward
+    pre-hook, and each of ``kwargs_pre_hooks`` as a pre-hook that also takes and may replace the
+    keyword arguments (``hook(module, args, kwargs) -> None or (args, kwargs)``); remove all of
+    them when the block ends, by error or not."""
     handles = []
     try:
         for module, hook in pre_hooks:
             handles.append(module.register_forward_pre_hook(hook))
+        for module, hook in kwargs_pre_hooks:
+            handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
         for module, hook in hooks:
             handles.append(module.register_forward_hook(hook))
         yield
@@ -28,14 +33,15 @@ def forward_hooks(hooks: Iterable[tuple[nn.Module, Callable]] = (),
 
 
 def on_call(call: int | None, hook: Callable) -> Callable:
-    """``hook`` for the ``call``-th call (from 0) of its module in each forward pass, the module
-    being one that runs several times per pass (a shared activation); None: every call. Make
-    one per pass: the count starts when it is made."""
+    """``hook`` (a forward hook or pre-hook, whatever its arguments) for the ``call``-th call
+    (from 0) of its module in each forward pass, the module being one that runs several times
+    per pass (a shared activation); None: every call. Make one per pass: the count starts when
+    it is made."""
     if call is None:
         return hook
     calls = [0]
 
-    def on_that_call(module, inputs, output):
+    def on_that_call(module, *arguments):
         calls[0] += 1
-        return hook(module, inputs, output) if calls[0] - 1 == call else None
+        return hook(module, *arguments) if calls[0] - 1 == call else None
     return on_that_call

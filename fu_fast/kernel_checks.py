@@ -4,9 +4,9 @@
 On the CPU every kernel is compared with its plain reference (fu_fast.reference, float64 where
 it matters). On each usable GPU the backend chosen for it (fu_fast.kernels) is compared with the
 CPU kernels bit for bit (the covariance to rounding) and with the references, at sizes that take
-every code path (16-byte and scalar expansion, rows not 16-byte aligned, channels_last, fewer
-and more than 32 classes, several row slices of the covariance), and one small analysis on the
-GPU is compared with the same analysis on the CPU.
+every code path (16-byte and scalar expansion and in-place masking, rows not 16-byte aligned,
+channels_last, fewer and more than 32 classes, several row slices of the covariance), and one
+small analysis on the GPU is compared with the same analysis on the CPU.
 """
 
 from __future__ import annotations
@@ -95,6 +95,19 @@ def _expansion_inputs(generator):
             yield x, _keys(len(thresholds), units), thresholds, inner
 
 
+def _stacked_copies(x: torch.Tensor, count: int) -> torch.Tensor:
+    """count copies of x stacked along the batch, in x's memory format: a batch expanded before the
+    layer where mask_rows masks it."""
+    channels_last = x.dim() == 4 and not x.is_contiguous()
+    return torch.cat([x] * count).contiguous(memory_format=torch.channels_last if channels_last
+                                             else torch.contiguous_format)
+
+
+def _bits(x: torch.Tensor) -> torch.Tensor:
+    """The elements' bits as integers: -0.0 differs from +0.0, and NaN equals the same NaN."""
+    return x.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()])
+
+
 def _agreement_inputs(generator):
     for masks, batch, classes in AGREEMENT_CASES:
         for dtype in DTYPES:
@@ -159,7 +172,13 @@ def _cpu_checks() -> Iterator[Check]:
             _expect(torch.equal(kernels.expand_masked(x, keys, thresholds, inner),
                                 reference.expand_masked(x.contiguous(), keys, thresholds, inner)),
                     f"{tuple(x.shape)} {x.dtype}")
-        return f"{len(EXPANSION_CASES)} layouts x {len(DTYPES)} dtypes"
+            # The in-place twin on the batch expanded beforehand; its reference keeps exact bits.
+            copies = _stacked_copies(x, len(keys))
+            expected = reference.mask_rows(copies, keys, thresholds, inner)
+            masked = kernels.mask_rows(copies, keys, thresholds, inner)
+            _expect(masked is copies, f"in-place masking of {tuple(x.shape)} {x.dtype} made a copy")
+            _expect(torch.equal(_bits(masked), _bits(expected)), f"in-place masking of {tuple(x.shape)} {x.dtype}")
+        return f"{len(EXPANSION_CASES)} layouts x {len(DTYPES)} dtypes, expanded and in place"
 
     def agreement():
         for logits, base, masks in _agreement_inputs(generator):
@@ -174,7 +193,7 @@ def _cpu_checks() -> Iterator[Check]:
         return f"{len(COVARIANCE_CASES)} layouts x {len(DTYPES)} dtypes, 3 batches each"
 
     yield _check("cpu", "keyed permutation ranks vs reference", ranks)
-    yield _check("cpu", "masked expansion vs reference", expansion)
+    yield _check("cpu", "masked expansion and in-place masking vs reference", expansion)
     yield _check("cpu", "label agreement vs reference", agreement)
     yield _check("cpu", "streaming covariance vs two-pass float64", covariance)
     yield _check("cpu", "analysis (float64) vs the naive path", _analysis_against_naive)
@@ -200,6 +219,13 @@ def _gpu_checks(device: torch.device) -> Iterator[Check]:
             _expect(on_gpu.is_contiguous(memory_format=torch.channels_last if x.dim() == 4 and not x.is_contiguous()
                                          else torch.contiguous_format), "memory format kept")
             _expect(torch.equal(on_gpu.cpu(), on_cpu), f"{tuple(x.shape)} {x.dtype}")
+            # The in-place twin on the batch expanded beforehand, bit for bit.
+            copies = _stacked_copies(x, len(keys))
+            on_device = copies.to(device)
+            masked = kernels.mask_rows(on_device, keys, thresholds, inner)
+            _expect(masked is on_device, f"in-place masking of {tuple(x.shape)} {x.dtype} made a copy")
+            _expect(torch.equal(_bits(masked.cpu()), _bits(kernels.mask_rows(copies, keys, thresholds, inner))),
+                    f"in-place masking of {tuple(x.shape)} {x.dtype}")
         # Views 2, 4 and 8 bytes from 16-byte alignment, made on the device: the scalar path.
         for dtype in (torch.float16, torch.float32, torch.float64):
             storage = torch.randn(3 * 64 + 1, generator=generator).to(dtype)
@@ -207,7 +233,12 @@ def _gpu_checks(device: torch.device) -> Iterator[Check]:
             _expect(torch.equal(kernels.expand_masked(x, [5, 9], [10, 40], 1).cpu(),
                                 kernels.expand_masked(storage[1:].view(3, 64), [5, 9], [10, 40], 1)),
                     f"unaligned {dtype}")
-        return "16-byte and scalar paths, channels_last, unaligned rows"
+            copies = torch.randn(2 * 3 * 64 + 1, generator=generator).to(dtype)
+            x = copies.to(device)[1:].view(6, 64)
+            _expect(torch.equal(_bits(kernels.mask_rows(x, [5, 9], [10, 40], 1).cpu()),
+                                _bits(kernels.mask_rows(copies[1:].view(6, 64), [5, 9], [10, 40], 1))),
+                    f"in-place masking of unaligned {dtype}")
+        return "16-byte and scalar paths, channels_last, unaligned rows, expanded and in place"
 
     def agreement():
         for logits, base, masks in _agreement_inputs(generator):
@@ -225,7 +256,7 @@ def _gpu_checks(device: torch.device) -> Iterator[Check]:
         return f"largest relative difference from the CPU kernel {worst:.1e}"
 
     yield _check(where, "keyed permutation ranks = CPU", ranks)
-    yield _check(where, "masked expansion = CPU", expansion)
+    yield _check(where, "masked expansion and in-place masking = CPU", expansion)
     yield _check(where, "label agreement = CPU", agreement)
     yield _check(where, "streaming covariance vs CPU and two-pass float64", covariance)
     yield _check(where, "analysis (float32) = CPU", lambda: _analysis_on(device))

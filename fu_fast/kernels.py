@@ -6,11 +6,11 @@ of three backends that proves itself there:
             build without CUDA keeps its GPU path);
   "torch"   the pure PyTorch references of fu_fast.reference, run on the GPU.
 
-A backend proves itself by a known-answer launch on that GPU (keyed ranks, one masked
-expansion, label agreement and one covariance update against the CPU kernels), run once per
-device before the first analysis uses it, never inside a forward hook. A compiled module
-whose static CUDA runtime is newer than the driver, a cupy that cannot compile, or kernels
-that give other bits than the CPU are passed over with one warning line saying why.
+A backend proves itself by a known-answer launch on that GPU (keyed ranks, masked expansion,
+in-place masking, label agreement and one covariance update against the CPU kernels), run
+once per device before the first analysis uses it, never inside a forward hook. A compiled
+module whose static CUDA runtime is newer than the driver, a cupy that cannot compile, or
+kernels that give other bits than the CPU are passed over with one warning line saying why.
 
 The extension does not link libtorch: a tensor crosses the binding as its data pointer,
 sizes and strides, and on a GPU with PyTorch's current stream, so kernels are queued in
@@ -161,12 +161,14 @@ def _first_line(error: BaseException) -> str:
 
 def _known_answer(backend: str, device: torch.device) -> None:
     """Run every kernel of a backend once on tiny inputs on the device and compare with the
-    CPU kernels; raises on any difference. Sizes take the 16-byte and the scalar expansion."""
+    CPU kernels; raises on any difference. Sizes take the 16-byte and the scalar expansion and
+    in-place masking; the masks ablate some units, none and all."""
     generator = torch.Generator().manual_seed(9)
     key = 0x9E3779B97F4A7C15
     ranks = permutation_ranks(key, 37, device, backend=backend)
     x = torch.randn(3, 8, 2, 2, generator=generator)    # float32 rows of 128 bytes: 16-byte path
     odd = x[:, :7].half()                                # rows of 56 bytes: scalar path
+    copies, odd_copies = x.repeat(3, 1, 1, 1), odd.repeat(2, 1, 1, 1)   # batches expanded for mask_rows
     logits = torch.randn(2 * 5, 3, generator=generator)
     base = torch.tensor([0, 1, 2, 0, 1])
     rows = torch.tensor([0, 3, 4, 7, 9, 11])
@@ -180,6 +182,10 @@ def _known_answer(backend: str, device: torch.device) -> None:
                       expand_masked(x, [key, 5], [10, 31], 1)),
         "odd expansion": (expand_masked(odd.to(device), [key], [9], 4, backend=backend),
                           expand_masked(odd, [key], [9], 4)),
+        "masking": (mask_rows(copies.to(device), [key, 5, 5], [10, 0, 32], 1, backend=backend),
+                    mask_rows(copies.clone(), [key, 5, 5], [10, 0, 32], 1)),
+        "odd masking": (mask_rows(odd_copies.to(device), [key, key], [3, 0], 4, backend=backend),
+                        mask_rows(odd_copies.clone(), [key, key], [3, 0], 4)),
         "agreement": (label_agreement(logits.to(device), base.to(device), 2, backend=backend),
                       label_agreement(logits, base, 2)),
     }
@@ -269,6 +275,19 @@ def _row_layout(x: torch.Tensor) -> tuple[torch.Tensor, int, int, bool]:
     return src, channels, max(1, x[0].numel() // max(1, channels)), False
 
 
+def _mask_table(keys: list[int], thresholds: list[int], device: torch.device) -> torch.Tensor:
+    """The kernels' masks on ``device``: the K keys (as signed int64) then the K thresholds, one
+    int64 tensor. Keys and thresholds go to a GPU with the copy queued on the current stream; the
+    pinned staging buffer lets that copy run asynchronously."""
+    if len(thresholds) != len(keys):
+        # The kernels read one threshold per key: fewer would be read past their end.
+        raise FuFastError(f"{len(keys)} mask keys but {len(thresholds)} thresholds")
+    masks = torch.cat([signed_keys(keys), torch.tensor(thresholds, dtype=torch.int64)])
+    if device.type == "cuda":
+        masks = masks.pin_memory().to(device, non_blocking=True)
+    return masks
+
+
 def expand_masked(x: torch.Tensor, keys: list[int], thresholds: list[int], inner: int, *,
                   backend: str | None = None) -> torch.Tensor:
     """The K masked copies of a layer output x of shape (B, ...), stacked to (K*B, ...).
@@ -288,11 +307,7 @@ def expand_masked(x: torch.Tensor, keys: list[int], thresholds: list[int], inner
     src, channels, spatial, channels_last = _row_layout(x)
     out = torch.empty((num_masks * batch,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device,
                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    # Keys and thresholds go to the device with the copy queued on the current stream; the
-    # pinned staging buffer lets that copy run asynchronously.
-    masks = torch.cat([signed_keys(keys), torch.tensor(thresholds, dtype=torch.int64)])
-    if x.device.type == "cuda":
-        masks = masks.pin_memory().to(x.device, non_blocking=True)
+    masks = _mask_table(keys, thresholds, x.device)
     args = (src.data_ptr(), out.data_ptr(), batch, units, inner, channels, spatial, channels_last,
             x.element_size(), masks.data_ptr(), masks[num_masks:].data_ptr(), num_masks)
     if cuda is not None:
@@ -300,6 +315,40 @@ def expand_masked(x: torch.Tensor, keys: list[int], thresholds: list[int], inner
     else:
         _C.expand_masked(*args)
     return out
+
+
+def mask_rows(x: torch.Tensor, keys: list[int], thresholds: list[int], inner: int, *,
+              backend: str | None = None) -> torch.Tensor:
+    """Masks K copies of a layer output in place: x has shape (K*B, ...) with K = len(keys), and
+    copy k, rows k*B .. (k+1)*B - 1, gets mask k (the masking of expand_masked, on a batch
+    expanded earlier in the model; mask_rows(x.repeat(K, ...)) equals expand_masked(x)).
+
+    Units are as in expand_masked. A copy whose threshold is 0 is left as it is, bit for bit;
+    one whose threshold is at least the unit count is zeroed. x is masked in place and
+    returned when it is contiguous or a channels_last 4-d tensor; any other x is not modified:
+    a contiguous copy of it is masked and returned instead, so use the returned tensor.
+    """
+    num_masks = len(keys)
+    if num_masks == 0 or x.shape[0] == 0 or x.shape[0] % num_masks:
+        # The kernels read num_masks * batch rows: any other row count would read past x.
+        raise FuFastError(f"mask_rows: the tensor has {x.shape[0]} rows, which are not {num_masks} masked copies "
+                          f"of a batch (a positive multiple of {num_masks} rows)")
+    batch = x.shape[0] // num_masks
+    units = x[0].numel() // inner
+    data, channels, spatial, channels_last = _row_layout(x)
+    cuda = _entry_points(backend, x) if x.device.type == "cuda" else None
+    if cuda is None and x.device.type != "cpu":
+        # The reference is not in place: its result is copied into the rows the kernels would mask.
+        return data.copy_(reference.mask_rows(data, keys, thresholds, inner))
+    _dtype_code(x)
+    masks = _mask_table(keys, thresholds, x.device)
+    args = (data.data_ptr(), batch, units, inner, channels, spatial, channels_last, x.element_size(),
+            masks.data_ptr(), masks[num_masks:].data_ptr(), num_masks)
+    if cuda is not None:
+        _launch(cuda, "mask_rows", x, *args)
+    else:
+        _C.mask_rows(*args)
+    return data
 
 
 def label_agreement(logits: torch.Tensor, base_labels: torch.Tensor, num_masks: int, *,

@@ -67,6 +67,19 @@ def expand_masked(x: torch.Tensor, keys: list[int], thresholds: list[int], inner
     return rows.reshape((len(keys) * batch,) + tuple(x.shape[1:]))
 
 
+def mask_rows(x: torch.Tensor, keys: list[int], thresholds: list[int], inner: int) -> torch.Tensor:
+    """x (K*B, ...) with copy k (rows k*B .. (k+1)*B - 1) masked by mask k, masks materialised;
+    a new tensor. Ablated elements become +0.0 and kept ones keep their bits (NaN payloads
+    included), as in the kernels: a select, not a product, which would give -0.0 and NaN."""
+    num_masks = len(keys)
+    batch = x.shape[0] // num_masks
+    units = x[0].numel() // inner
+    keep = ~ablation_masks(keys, thresholds, units).to(x.device)            # (K, units)
+    rows = x.reshape(num_masks, batch, units, inner)
+    masked = torch.where(keep.reshape(num_masks, 1, units, 1), rows, torch.zeros((), dtype=x.dtype, device=x.device))
+    return masked.reshape(x.shape)
+
+
 def label_agreement(logits: torch.Tensor, base_labels: torch.Tensor, num_masks: int) -> torch.Tensor:
     """Per mask, the count of rows whose argmax equals the base label."""
     labels = logits.argmax(dim=1).reshape(num_masks, -1)
@@ -101,22 +114,35 @@ def covariance_accumulate(activation: torch.Tensor, rows: torch.Tensor, count: t
 
 @torch.inference_mode()
 def naive_ablation_counts(model: torch.nn.Module, module: torch.nn.Module, batches,
-                          keys: list[int], thresholds: list[int], inner: int, call: int | None = None) -> np.ndarray:
+                          keys: list[int], thresholds: list[int], inner: int, call: int | None = None, *,
+                          features_last: bool = False, forward=None, token_mask=None) -> np.ndarray:
     """Agreement counts by one full forward pass per mask and batch (the paper's way).
 
     A forward hook multiplies the module's output by a materialised 0/1 mask (at its ``call``-th
-    call in a forward pass, for a module that runs several times).
+    call in a forward pass, for a module that runs several times). Units are runs of ``inner``
+    elements of a row in NCHW order, or with ``features_last`` the last dimension's features at
+    each of ``inner`` positions (a (B, T, D) token layer). ``forward`` maps inputs to logits
+    (default: the model); (B, T, C) logits count every token, or those ``token_mask(inputs)``
+    keeps.
     """
+    forward = forward or model
     counts = np.zeros(len(keys), dtype=np.int64)
+
+    def labels(inputs):
+        logits = forward(inputs)
+        return logits.argmax(dim=-1).reshape(-1)
+
     for inputs in batches:
-        base = model(inputs).argmax(dim=1)
+        base = labels(inputs)
+        kept = torch.ones_like(base, dtype=torch.bool) if token_mask is None else token_mask(inputs).reshape(-1)
         for k, (key, threshold) in enumerate(zip(keys, thresholds)):
             def hook(_module, _inputs, output, key=key, threshold=threshold):
                 units = output[0].numel() // inner
-                keep = ~ablation_masks([key], [threshold], units)[0].to(output.device)
-                masked = output.reshape(-1, units, inner) * keep.reshape(1, units, 1).to(output.dtype)
-                return masked.reshape(output.shape)
+                keep = (~ablation_masks([key], [threshold], units)[0]).to(output.device, output.dtype)
+                if features_last:
+                    return (output.reshape(-1, inner, units) * keep.reshape(1, 1, units)).reshape(output.shape)
+                return (output.reshape(-1, units, inner) * keep.reshape(1, units, 1)).reshape(output.shape)
 
             with forward_hooks([(module, on_call(call, hook))]):
-                counts[k] += int((model(inputs).argmax(dim=1) == base).sum())
+                counts[k] += int(((labels(inputs) == base) & kept).sum())
     return counts

@@ -56,33 +56,50 @@ def test_one_call_of_a_shared_module_equals_the_naive_path(unit):
                "'1.relu@0' ... '1.relu@1'"),
     ("1.relu@2", "'1.relu' runs 2 time(s) per forward pass (calls @0 ... @1)"),
     ("1.relu@first", "after '@' comes the call's number"),
-    ("1.relu@0", "is not a cut point"),
 ])
 def test_calls_are_named_and_checked(name, message):
     with pytest.raises(FuFastError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
         fu_fast.analyze(network(), INPUTS, layers=[name])
 
 
-class TokenClassifier(nn.Module):
-    """An activation of shape (batch, tokens, features) beside usable ones: default discovery
-    skips it, saying why, and analyses the rest."""
+@pytest.mark.parametrize("unit", ["position", "channel"])
+def test_a_call_inside_the_block_equals_the_naive_path(unit):
+    """relu@0 is not a cut point (the shortcut skips it): its copies begin at the stem conv's output."""
+    model = network()
+    result = fu_fast.analyze(model, INPUTS, layers=["1.relu@0"], repeats=2, levels=11, unit=unit, batch_size=8)
+    layer = result.layers["1.relu@0"]
+    assert layer.expanded_at == "0"
+    grid = masks.level_grid(11)
+    keys = [masks.mask_key(0, "1.relu@0", r) for r in range(2) for _ in grid]
+    thresholds = [masks.threshold(p, layer.ablation_units) for _ in range(2) for p in grid]
+    counts = reference.naive_ablation_counts(model, model[1].relu, INPUTS.split(8), keys, thresholds,
+                                             36 if unit == "channel" else 1, call=0)
+    assert np.array_equal(np.asarray(layer.curves), (counts / len(INPUTS)).reshape(2, 11))
+
+
+class VolumeClassifier(nn.Module):
+    """An activation of shape (batch, C, D, H, W) beside usable ones: default discovery skips it,
+    saying why, and analyses the rest (a (batch, tokens, features) one among them)."""
 
     def __init__(self):
         super().__init__()
-        self.embed, self.act, self.pool_act, self.head = nn.Linear(4, 6), nn.GELU(), nn.ReLU(), nn.Linear(6, 3)
+        self.embed, self.act, self.volume_act = nn.Linear(4, 6), nn.GELU(), nn.ReLU()
+        self.pool_act, self.head = nn.ReLU(), nn.Linear(6, 3)
 
     def forward(self, x):                        # x: (batch, 5 tokens, 4)
-        return self.head(self.pool_act(self.act(self.embed(x)).mean(dim=1)))
+        h = self.act(self.embed(x))
+        volume = self.volume_act(h.reshape(-1, 1, 5, 3, 2))
+        return self.head(self.pool_act((h + volume.reshape(h.shape)).mean(dim=1)))
 
 
 def test_default_discovery_skips_what_it_cannot_use_and_says_why(tmp_path):
     x = torch.randn(20, 5, 4, generator=torch.Generator().manual_seed(2))
-    result = fu_fast.analyze(TokenClassifier(), x)
-    assert list(result.layers) == ["pool_act"]
-    assert result.skipped_layers == [{"layer": "act", "reason": "outputs (5, 6); expected (N, C) or (N, C, H, W) "
-                                                                "tensors"}]
+    result = fu_fast.analyze(VolumeClassifier(), x)
+    assert list(result.layers) == ["act", "pool_act"] and result.layers["act"].kind == "token"
+    assert result.skipped_layers == [{"layer": "volume_act", "reason": "outputs (1, 5, 3, 2); expected (N, C), "
+                                                                       "(N, T, D) or (N, C, H, W) tensors"}]
     path = result.save(tmp_path / "r.json")
     assert fu_fast.AnalysisResult.load(path).skipped_layers == result.skipped_layers
-    with pytest.raises(FuFastError, match=r"layer 'act' outputs \(5, 6\)"):   # named, it is an error
-        fu_fast.analyze(TokenClassifier(), x, layers=["act"])
+    with pytest.raises(FuFastError, match=r"layer 'volume_act' outputs \(1, 5, 3, 2\)"):   # named, it is an error
+        fu_fast.analyze(VolumeClassifier(), x, layers=["volume_act"])
     assert "skipped_layers" not in fu_fast.analyze(network(), INPUTS, layers=["1"]).to_dict()

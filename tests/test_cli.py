@@ -117,14 +117,17 @@ def test_a_mismatched_checkpoint_is_one_line(tmp_path):
     one_error_line(invoke("analyze", "--checkpoint", tmp_path / "run", "--model", "resnet18"), "not 'resnet18'")
 
 
-def test_a_layer_that_is_not_a_cut_point_is_named(tmp_path):
-    """Inside a residual block the shortcut bypasses bn1: refused, naming the layer."""
+def test_a_layer_inside_a_residual_block_is_analysed_from_the_block_input(tmp_path):
+    """Inside a residual block the shortcut bypasses bn1: its masked copies begin at the block's
+    input (the stem's output), and the document says so."""
     write_cifar10(tmp_path / "cifar", per_batch=4)
     out = tmp_path / "out.json"
     result = invoke("analyze", "--model", "resnet56", "--width", "0.25", "--data", "cifar10", "--data-dir",
-                    tmp_path / "cifar", "--limit", "4", "--layers", "layer1.0.bn1", "--out", out)
-    one_error_line(result, "layer1.0.bn1", "cut point")
-    assert not out.exists()
+                    tmp_path / "cifar", "--limit", "4", "--layers", "layer1.0.bn1", "--levels", "3", "--repeats", "1",
+                    "--out", out, "-q")
+    assert result.exit_code == 0, result.output
+    layer = json.loads(out.read_text())["layers"][0]
+    assert layer["name"] == "layer1.0.bn1" and layer["expanded_at"] not in (None, "layer1.0.bn1")
 
 
 SWEEP = """

@@ -15,6 +15,17 @@ pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not (torch.cuda.is_available() and kernels.gpu_backend() != "torch"),
                                  reason="needs a CUDA GPU and CUDA kernels (compiled in, or cupy)")]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}   # element size -> integer type of its bits
+
+
+def bits(x: torch.Tensor) -> torch.Tensor:
+    return x.view(BITS[x.element_size()])
+
+
+def random_bits(shape, dtype, generator) -> torch.Tensor:
+    """Values of random bits (NaN payloads, infinities, subnormals and -0.0 among them)."""
+    limits = torch.iinfo(BITS[dtype.itemsize])
+    return torch.randint(limits.min, limits.max, shape, dtype=BITS[dtype.itemsize], generator=generator).view(dtype)
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 1000, 4097, 65_537])
@@ -52,6 +63,37 @@ def test_expand_masked_handles_unaligned_rows(dtype, generator):
     assert x.data_ptr() % 16 != 0
     out = kernels.expand_masked(x, [5, 9], [10, 40], 1)
     assert torch.equal(out.cpu(), reference.expand_masked(x.cpu(), [5, 9], [10, 40], 1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, unit, channels_last", [
+    ((1, 5), "position", False), ((3, 37), "position", False), ((4, 64), "position", False),
+    ((2, 3, 5, 7), "position", False), ((2, 3, 5, 7), "channel", False), ((5, 16, 4, 4), "position", False),
+    ((2, 3, 5, 7), "position", True), ((3, 8, 6, 6), "channel", True), ((9, 33, 31, 29), "position", True)])
+def test_mask_rows_equals_the_cpu_kernel_bit_for_bit(dtype, shape, unit, channels_last, generator):
+    keys = [11, 11, 11, 2**63 + 3, 7, 7]
+    x = random_bits((len(keys) * shape[0],) + shape[1:], dtype, generator)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    inner = shape[2] * shape[3] if unit == "channel" else 1
+    units = x[0].numel() // inner
+    thresholds = [0, units // 3, units, units // 2, max(0, units - 1), -1]
+    on_device = x.cuda()
+    on_gpu = kernels.mask_rows(on_device, keys, thresholds, inner)
+    assert on_gpu is on_device                                     # masked in place
+    on_cpu = kernels.mask_rows(x.clone(), keys, thresholds, inner)
+    assert torch.equal(bits(on_gpu.cpu()), bits(on_cpu))
+    assert torch.equal(bits(on_cpu), bits(reference.mask_rows(x, keys, thresholds, inner)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_mask_rows_handles_unaligned_rows(dtype, generator):
+    """Rows one element into their device storage take the scalar kernel."""
+    storage = random_bits((2 * 3 * 64 + 1,), dtype, generator)
+    x = storage.cuda()[1:].view(6, 64)
+    assert x.data_ptr() % 16 != 0
+    out = kernels.mask_rows(x, [5, 9], [10, 40], 1)
+    assert torch.equal(bits(out.cpu()), bits(reference.mask_rows(storage[1:].view(6, 64), [5, 9], [10, 40], 1)))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -137,7 +179,8 @@ def gpu_backends():
 @pytest.mark.parametrize("shape", [(4, 8, 4, 4), (4, 6, 5, 5)])     # rows of 512 bytes (16-byte path), 600 bytes
 def test_every_gpu_backend_gives_the_cpu_bits(shape, generator):
     """The compiled and the cupy kernels agree with the CPU kernels bit for bit (ranks, both
-    expansion paths, agreement) and the covariance to rounding, subnormal inputs included."""
+    expansion and in-place masking paths, agreement) and the covariance to rounding, subnormal
+    inputs included."""
     backends = gpu_backends()
     if len(backends) < 1:
         pytest.skip("no CUDA kernels (compiled or cupy) to compare")
@@ -155,6 +198,9 @@ def test_every_gpu_backend_gives_the_cpu_bits(shape, generator):
                            kernels.permutation_ranks(keys[2], 4097))
         assert torch.equal(kernels.expand_masked(x.cuda(), keys, thresholds, 1, backend=backend).cpu(),
                            kernels.expand_masked(x, keys, thresholds, 1))
+        copies = x.repeat(len(keys), 1, 1, 1)
+        assert torch.equal(bits(kernels.mask_rows(copies.cuda(), keys, thresholds, 1, backend=backend).cpu()),
+                           bits(kernels.mask_rows(copies.clone(), keys, thresholds, 1)))
         assert torch.equal(kernels.label_agreement(logits.cuda(), base.cuda(), 3, backend=backend).cpu(),
                            kernels.label_agreement(logits, base, 3))
         state = [t.cuda() * 0 for t in cpu_state]

@@ -137,7 +137,8 @@ def test_only_the_synchronising_kernels_get_a_thread_per_cuda_thread(emu):
     csrc = {name: (kernel.threaded, kernel.max_threads) for name, kernel in emu.kernels.items()
             if not name.startswith("fu_emu_")}
     assert csrc == {"fu_permutation_ranks": (False, 0), "fu_expand_masked_vec16": (False, 0),
-                    "fu_expand_masked_scalar": (False, 0), "fu_label_agreement": (True, 0),
+                    "fu_expand_masked_scalar": (False, 0), "fu_mask_rows_vec16": (False, 0),
+                    "fu_mask_rows_scalar": (False, 0), "fu_label_agreement": (True, 0),
                     "fu_covariance_batch_mean": (True, 0), "fu_covariance_cross": (True, 256),
                     "fu_covariance_merge_comoment": (False, 0), "fu_covariance_merge_mean": (True, 0)}
     # ... and the launches carry that decision.
@@ -243,6 +244,78 @@ def test_expand_masked_takes_16_byte_accesses_only_where_both_rows_are_aligned(e
     assert (emu.launches("fu_expand_masked_vec16"), emu.launches("fu_expand_masked_scalar")) == (vec16, not vec16)
 
 
+def bits(x: torch.Tensor) -> torch.Tensor:
+    return x.view(BITS[x.element_size()])
+
+
+def masking_input(shape, unit, dtype, generator):
+    """x of random bits (NaN payloads, infinities, subnormals and -0.0 among them: the kernels must
+    move bits, never values), inner, and masks with repeated keys and thresholds 0, all units, in
+    between and beyond either end."""
+    integer = BITS[dtype.itemsize]
+    limits = torch.iinfo(integer)
+    x = torch.randint(limits.min, limits.max, shape, dtype=integer, generator=generator).view(dtype)
+    inner = shape[2] * shape[3] if unit == "channel" else 1
+    units = x[0].numel() // inner
+    a, b, c = random_keys(3, numpy_rng(generator))
+    return x, inner, [a, a, b, c, c, a, b], [0, units // 2, units, 1, units - 1, -1, units + 1]
+
+
+def mask_both(emu, x, keys, thresholds, inner, channels_last, offset=0):
+    """Mask K stacked copies of x (logical NCHW or (B, C); laid out NHWC in memory when
+    channels_last) in place with the emulated kernels, in a buffer offset bytes past 16-byte
+    alignment, and with the CPU kernel. Returns (emulated, cpu, reference), flat in memory order."""
+    batch, num_masks = x.shape[0], len(keys)
+    units = x[0].numel() // inner
+    channels = x.shape[1]
+    spatial = x[0].numel() // channels
+    copies = torch.cat([x] * num_masks)
+    memory = (copies.permute(0, 2, 3, 1) if channels_last else copies).contiguous().flatten()
+    data = aligned_at(memory.numel() * x.element_size(), offset, x.dtype)
+    bits(data).copy_(bits(memory))
+    cpu = memory.clone()
+    masks = torch.cat([kernels.signed_keys(keys), torch.tensor(thresholds, dtype=torch.int64)])
+    args = (batch, units, inner, channels, spatial, channels_last, x.element_size(), masks.data_ptr(),
+            masks[num_masks:].data_ptr(), num_masks)
+    emu.module.mask_rows(data.data_ptr(), *args, stream=0)
+    _C.mask_rows(cpu.data_ptr(), *args)
+    expected = reference.mask_rows(copies, keys, thresholds, inner)
+    if channels_last:
+        expected = expected.permute(0, 2, 3, 1)
+    return data, cpu, expected.contiguous().flatten()
+
+
+def check_masking(data, cpu, expected):
+    assert torch.equal(bits(data), bits(cpu))          # byte for byte the CPU kernel's
+    assert torch.equal(bits(data), bits(expected))     # kept bits as they were, ablated ones +0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64], ids=case_id)
+@pytest.mark.parametrize("rows", ["odd", "multiple of 16 bytes"])
+@pytest.mark.parametrize("layout", list(EXPANSION_LAYOUTS))
+def test_mask_rows_equals_the_cpu_and_the_reference(emu, dtype, rows, layout, generator):
+    odd_shape, even_shape, unit, channels_last = EXPANSION_LAYOUTS[layout]
+    shape = odd_shape if rows == "odd" else even_shape
+    x, inner, keys, thresholds = masking_input(shape, unit, dtype, generator)
+    check_masking(*mask_both(emu, x, keys, thresholds, inner, channels_last))
+    vec16 = rows != "odd"
+    assert (emu.launches("fu_mask_rows_vec16"), emu.launches("fu_mask_rows_scalar")) == (vec16, not vec16)
+    # One thread per 16-byte vector or per element of a row, blockIdx.y the mask.
+    work = x[0].numel() * x.element_size() // 16 if vec16 else x[0].numel()
+    assert emu.last_config(f"fu_mask_rows_{'vec16' if vec16 else 'scalar'}") == (
+        ((work + 255) // 256, len(keys), 1), (256, 1, 1))
+
+
+@pytest.mark.parametrize("dtype, offset", [(dtype, offset) for dtype in (torch.float16, torch.float32, torch.float64)
+                                           for offset in (0, 2, 4, 8) if offset % dtype.itemsize == 0])
+def test_mask_rows_takes_16_byte_accesses_only_where_the_rows_are_aligned(emu, dtype, offset, generator):
+    _, shape, unit, channels_last = EXPANSION_LAYOUTS["channels_last-channel"]
+    x, inner, keys, thresholds = masking_input(shape, unit, dtype, generator)
+    check_masking(*mask_both(emu, x, keys, thresholds, inner, channels_last, offset))
+    vec16 = offset == 0
+    assert (emu.launches("fu_mask_rows_vec16"), emu.launches("fu_mask_rows_scalar")) == (vec16, not vec16)
+
+
 @pytest.mark.parametrize("dtype", list(DTYPE_CODES), ids=case_id)
 @pytest.mark.parametrize("num_masks, batch, classes, row_stride", [
     (1, 1, 1, 1), (3, 5, 10, 10), (2, 7, 37, 40), (2, 9, 100, 103), (1, 3, 1000, 1000)])
@@ -334,7 +407,10 @@ def test_more_than_65535_masks_are_refused_by_the_launcher(emu):
     with pytest.raises(ValueError, match="at most 65535 masks per call"):
         emu.module.expand_masked(x.data_ptr(), out.data_ptr(), 2, 8, 1, 8, 1, False, 4, masks.data_ptr(),
                                  masks[65_536:].data_ptr(), 65_536, stream=0)
-    for kernel in ("fu_expand_masked_vec16", "fu_expand_masked_scalar"):
+    with pytest.raises(ValueError, match="^mask_rows_cuda: at most 65535 masks per call"):
+        emu.module.mask_rows(out.data_ptr(), 1, 4, 1, 4, 1, False, 2, masks.data_ptr(), masks[65_536:].data_ptr(),
+                             65_536, stream=0)
+    for kernel in ("fu_expand_masked_vec16", "fu_expand_masked_scalar", "fu_mask_rows_vec16", "fu_mask_rows_scalar"):
         assert emu.launches(kernel) == emu.refused(kernel) == 0
 
 
@@ -392,6 +468,23 @@ def sparse_file(path, size):
         pytest.skip(f"{path.parent} does not hold sparse files")
 
 
+def masks_keeping_the_last_unit(num_masks, units, rng):
+    """Masks of random keys and one threshold under which the last key keeps the last unit and
+    ablates about half of the units: (the last key's ranks, the threshold, the kernels' masks
+    table of keys then thresholds)."""
+    keys = random_keys(num_masks, rng)
+    ranks = torch.empty(units, dtype=torch.int64)
+    while True:
+        _C.permutation_ranks(keys[-1], units, ranks.data_ptr())
+        if units // 4 < ranks[units - 1] < 3 * units // 4:
+            break
+        keys[-1] = random_keys(1, rng)[0]
+    np.testing.assert_array_equal(ranks.numpy(), reference.permutation_ranks(keys[-1], units))
+    threshold = int(ranks[units - 1])
+    return ranks, threshold, torch.cat([kernels.signed_keys(keys), torch.full((num_masks,), threshold,
+                                                                                dtype=torch.int64)])
+
+
 @pytest.mark.parametrize("channels_last, kernel", [(False, "vec16"), (True, "vec16"), (False, "scalar")])
 def test_expand_masked_indexes_a_49_gb_output_with_64_bits(emu, tmp_path, channels_last, kernel, generator):
     """ResNet18-4x layer1: K=60 masks of B=256 examples of 256 channels at 56x56, float32, unit =
@@ -426,18 +519,7 @@ def test_expand_masked_indexes_a_49_gb_output_with_64_bits(emu, tmp_path, channe
         last_rows.view(np.uint32)[:, -tail - 16:-tail] = sentinel
         dst[end:] = 0xA5
 
-        # A key under which the unit of the output's last element is kept and about half are not.
-        keys = random_keys(num_masks, rng)
-        ranks = torch.empty(row, dtype=torch.int64)
-        last_unit = row - 1
-        while True:
-            _C.permutation_ranks(keys[-1], row, ranks.data_ptr())
-            if row // 4 < ranks[last_unit] < 3 * row // 4:
-                break
-            keys[-1] = random_keys(1, rng)[0]
-        np.testing.assert_array_equal(ranks.numpy(), reference.permutation_ranks(keys[-1], row))
-        threshold = int(ranks[last_unit])
-        masks = torch.cat([kernels.signed_keys(keys), torch.full((num_masks,), threshold, dtype=torch.int64)])
+        ranks, threshold, masks = masks_keeping_the_last_unit(num_masks, row, rng)
 
         emu.lib.fu_emu_set_block_range(blocks_x * num_masks - 1, blocks_x * num_masks)
         emu.module.expand_masked(src.ctypes.data, dst.ctypes.data + dst_offset, batch, row, 1, channels, spatial,
@@ -461,3 +543,59 @@ def test_expand_masked_indexes_a_49_gb_output_with_64_bits(emu, tmp_path, channe
     finally:
         for name in ("src", "dst"):
             (tmp_path / name).unlink()
+
+
+@pytest.mark.parametrize("channels_last, kernel", [(False, "vec16"), (True, "vec16"), (False, "scalar")])
+def test_mask_rows_indexes_a_49_gb_tensor_with_64_bits(emu, tmp_path, channels_last, kernel, generator):
+    """The 49 GB output of the expansion test above, masked in place: K=60 copies of B=256 rows of
+    256x56x56 float32 in a sparse file, of which only the grid's last block runs, masking the end
+    of the last mask's rows. The scalar kernel runs when the rows start 4 bytes past a 16-byte
+    boundary."""
+    num_masks, batch, channels, height, width = 60, 256, 256, 56, 56
+    spatial = height * width
+    row = channels * spatial                           # elements, also units (unit = position)
+    data_bytes = num_masks * batch * row * 4
+    offset, per_thread = (0, 4) if kernel == "vec16" else (4, 1)   # elements per thread and row
+    guard = 4096
+    if shutil.disk_usage(tmp_path).free < 1 << 30:
+        pytest.skip("less than 1 GiB free for the sparse file")
+    sparse_file(tmp_path / "data", offset + data_bytes + guard)
+    try:
+        data = np.memmap(tmp_path / "data", dtype=np.uint8, mode="r+", shape=(offset + data_bytes + guard,))
+        end = offset + data_bytes
+        rows = data[offset:end].view(np.float32).reshape(num_masks * batch, row)
+
+        # The last block's 256 threads take the last elements of every row of the last mask.
+        work = row // per_thread
+        blocks_x = (work + 255) // 256
+        tail = (work - (blocks_x - 1) * 256) * per_thread
+        rng = numpy_rng(generator)
+        values = rng.standard_normal((batch, tail), dtype=np.float32)
+        last_rows = rows[(num_masks - 1) * batch:]
+        last_rows[:, -tail:] = values
+        sentinel = np.uint32(0x7FA5A5A5)                  # a NaN whose bits a masking may only zero
+        last_rows.view(np.uint32)[:, -tail - 16:-tail] = sentinel
+        rows.view(np.uint32)[(num_masks - 1) * batch - 1, -tail:] = sentinel   # the mask before's last row
+        data[end:] = 0xA5
+
+        ranks, threshold, masks = masks_keeping_the_last_unit(num_masks, row, rng)
+        emu.lib.fu_emu_set_block_range(blocks_x * num_masks - 1, blocks_x * num_masks)
+        emu.module.mask_rows(data.ctypes.data + offset, batch, row, 1, channels, spatial, channels_last, 4,
+                             masks.data_ptr(), masks[num_masks:].data_ptr(), num_masks, stream=0)
+        name = f"fu_mask_rows_{kernel}"
+        assert emu.last_config(name) == ((blocks_x, num_masks, 1), (256, 1, 1))
+        assert emu.blocks_run(name) == 1
+
+        elements = np.arange(row - tail, row)
+        units = (elements % channels) * spatial + elements // channels if channels_last else elements
+        ablated = ranks.numpy()[units] < threshold
+        expected = np.where(ablated, np.float32(0), values)
+        np.testing.assert_array_equal(last_rows[:, -tail:].view(np.uint32), expected.view(np.uint32))
+        assert 0 < ablated.sum() < ablated.size and not ablated[-1]
+        assert (last_rows.view(np.uint32)[:, -tail - 16:-tail] == sentinel).all()   # nothing before the block
+        assert (rows.view(np.uint32)[(num_masks - 1) * batch - 1, -tail:] == sentinel).all()   # nor another mask's rows
+        assert (data[end:] == 0xA5).all()                                          # nothing past the tensor
+        del data, rows, last_rows
+        assert os.stat(tmp_path / "data").st_blocks * 512 < 64 << 20                # still sparse
+    finally:
+        (tmp_path / "data").unlink()

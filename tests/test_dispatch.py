@@ -145,8 +145,8 @@ def test_label_agreement_refuses_logits_with_another_row_count():
         kernels.label_agreement(torch.randn(5, 3), torch.zeros(4, dtype=torch.int64), 3)
     model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3), FirstRows())
     with pytest.raises(fu_fast.FuFastError, match=r"^the masked pass at layer '1': the model returned 5 rows of logits "
-                                                  r"for the unmasked rows and \d+ masked copies of 5 examples; "
-                                                  r"expected \d+$"):
+                                                  r"for \d+ copies of 5 examples; expected \d+ \(the part after "
+                                                  r"the layer must keep examples apart\)$"):
         fu_fast.analyze(model, torch.randn(5, 4), layers=["1"])
 
 
@@ -183,6 +183,10 @@ def test_cupy_launcher_checks_what_the_compiled_launcher_checks():
         jit.expand_masked(16, 16, 1, 4, 1, 4, 1, False, 3, 16, 16, 1, stream=0)
     with pytest.raises(ValueError, match="at most 65535 masks"):
         jit.expand_masked(16, 16, 1, 4, 1, 4, 1, False, 4, 16, 16, 65536, stream=0)
+    with pytest.raises(ValueError, match="^mask_rows_cuda: element size must be 2, 4 or 8 bytes"):
+        jit.mask_rows(16, 1, 4, 1, 4, 1, False, 3, 16, 16, 1, stream=0)
+    with pytest.raises(ValueError, match="^mask_rows_cuda: at most 65535 masks"):
+        jit.mask_rows(16, 1, 4, 1, 4, 1, False, 4, 16, 16, 65536, stream=0)
     with pytest.raises(ValueError, match="too many channels"):
         jit.covariance_accumulate(16, 0, 1, 32 * 65536, 1, 1, 1, 0, 16, 1, 16, 16, 16, workspace=16, stream=0)
 
@@ -208,7 +212,7 @@ def nvrtc_ptx(code: bytes, program_name: str, options: tuple[str, ...]) -> bytes
 
 @pytest.mark.parametrize("source, kernels_expected", [
     ("ablation_cuda.cu", ["fu_permutation_ranks", "fu_expand_masked_vec16", "fu_expand_masked_scalar",
-                          "fu_label_agreement"]),
+                          "fu_mask_rows_vec16", "fu_mask_rows_scalar", "fu_label_agreement"]),
     ("covariance_cuda.cu", ["fu_covariance_batch_mean", "fu_covariance_cross", "fu_covariance_merge_comoment",
                             "fu_covariance_merge_mean"])])
 def test_cuda_sources_compile_at_run_time_with_nvrtc(source, kernels_expected):
@@ -275,7 +279,10 @@ def test_cupy_kernels_are_loaded_on_the_device_they_run_on(monkeypatch):
         assert cupy_kernels.load(1) is on_one and on_one is not on_zero       # once per device
     finally:
         cupy_kernels.load.cache_clear()
-    assert {device for _, device in fake.fetched[:8]} == {1} and {device for _, device in fake.fetched[8:]} == {0}
+    kernels_per_load = len(fake.fetched) // 2
+    assert kernels_per_load == 10 and len({name for name, _ in fake.fetched}) == kernels_per_load
+    assert {device for _, device in fake.fetched[:kernels_per_load]} == {1}
+    assert {device for _, device in fake.fetched[kernels_per_load:]} == {0}
     assert fake.current == 0
     # The program text holds the digest of the headers (cupy's cache key), and headers are found
     # through -I only.

@@ -37,7 +37,6 @@ INPUTS = torch.randn(20, 8, generator=torch.Generator().manual_seed(0))
 
 @pytest.mark.parametrize("model,layers,message", [
     (mlp(8, 5, 3), ["nope"], "unknown layer 'nope'"),
-    (Residual(), ["act"], "layer 'act' is not a cut point"),
     (SharedActivation(), ["act"], "layer 'act' runs 2 times"),
     (mlp(8, 5, 3), ["0.weight"], "unknown layer"),
 ])
@@ -80,7 +79,7 @@ def test_nan_activations_and_weights():
 @pytest.mark.parametrize("settings,message", [
     ({"tolerance": 1.0}, "tolerance"), ({"pca_tolerance": -0.1}, "pca_tolerance"),
     ({"repeats": 0}, "repeats"), ({"levels": 1}, "levels"), ({"levels": [0.5, 1.0]}, "levels"),
-    ({"unit": "pixel"}, "unit must be one of position, channel"), ({"sample_cap": 1}, "sample_cap"),
+    ({"unit": "pixel"}, "unit must be one of auto, position, channel"), ({"sample_cap": 1}, "sample_cap"),
     ({"batch_size": 0}, "batch_size"), ({"batch_size": -3}, "batch_size must be a positive integer"),
     ({"batch_size": 2.5}, "batch_size must be a positive integer"),
     ({"levels": 2.5}, "levels must be an integer"), ({"levels": "21"}, "levels must be an integer"),
@@ -99,8 +98,9 @@ def test_bad_settings(settings, message):
 
 
 def test_models_that_do_not_return_logits_or_reject_the_data():
-    with pytest.raises(FuFastError, match=r"logits must be \(batch, classes\), got \(\d+, 2, 2\)"):
-        fu_fast.analyze(nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Unflatten(1, (2, 2))), INPUTS, layers=["1"])
+    with pytest.raises(FuFastError, match=r"logits must be \(batch, classes\) or \(batch, tokens, classes\), "
+                                          r"got \(\d+, 2, 1, 2\)"):
+        fu_fast.analyze(nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Unflatten(1, (2, 1, 2))), INPUTS, layers=["1"])
     with pytest.raises(FuFastError, match="the model failed on the data"):
         fu_fast.analyze(mlp(8, 5, 3), torch.randn(4, 9).double())
     with pytest.raises(FuFastError, match="data must be a tensor"):

@@ -166,7 +166,7 @@ BAD_CONFIGURATIONS = [
     ("zero repeats", MLP + "[analyze]\nrepeats = 0\n", "[analyze] repeats must be a positive integer"),
     ("fractional repeats", MLP + "[analyze]\nrepeats = 1.5\n", "[analyze] repeats must be an integer, got 1.5"),
     ("sample cap 1", MLP + "[analyze]\nsample_cap = 1\n", "[analyze] sample_cap must be an integer of at least 2"),
-    ("unknown unit", MLP + '[analyze]\nunit = "pixel"\n', "[analyze] unit must be one of position, channel"),
+    ("unknown unit", MLP + '[analyze]\nunit = "pixel"\n', "[analyze] unit must be one of auto, position, channel"),
     ("numeric unit", MLP + "[analyze]\nunit = 1\n", "[analyze] unit must be a string, got 1"),
     ("no validation split", MLP + '[analyze]\nsplit = "val"\n',
      "split 'val': synthetic data has the splits train, test"),

@@ -7,6 +7,7 @@ import torch
 
 from fu_fast import _C, kernels, reference
 from fu_fast.analysis import masks
+from fu_fast.errors import FuFastError
 
 SIZES = [1, 2, 3, 5, 7, 10, 31, 64, 100, 129, 1000, 4097, 65_537]
 
@@ -86,6 +87,132 @@ def test_expand_masked_keeps_channels_last_and_ablates_the_same_units(dtype, sha
     assert torch.equal(out, reference.expand_masked(x.contiguous(), keys, thresholds, inner))
 
 
+BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}   # element size -> integer type of its bits
+
+
+def bits(x: torch.Tensor) -> torch.Tensor:
+    """x's elements as the integers of their bits: -0.0 differs from +0.0, a NaN equals its own bits."""
+    return x.view(BITS[x.element_size()])
+
+
+def stacked(x: torch.Tensor, copies: int) -> torch.Tensor:
+    """copies of x stacked along the batch (the batch expanded before the masked layer), in x's memory format."""
+    memory_format = torch.channels_last if x.dim() == 4 and not x.is_contiguous() else torch.contiguous_format
+    return torch.cat([x] * copies).contiguous(memory_format=memory_format)
+
+
+def mask_rows_case(shape, unit, dtype, generator, channels_last=False):
+    """(x, K copies of x stacked, inner, keys, thresholds): thresholds 0, all units, in between and
+    beyond either end; keys repeated (the CPU kernel groups equal keys)."""
+    x = torch.randn(shape, generator=generator).to(dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    inner = shape[2] * shape[3] if unit == "channel" else 1
+    units = x[0].numel() // inner
+    a, b, c = random_keys(3, seed=units)
+    thresholds = [0, units // 2, units, 1, max(units - 1, 0), units + 3, -2]
+    return x, stacked(x, len(thresholds)), inner, [a, a, b, c, c, c, a], thresholds
+
+
+MASK_ROWS_SHAPES = [((1, 1), "position"), ((3, 7), "position"), ((5, 129), "position"),
+                    ((5, 33, 7, 5), "position"), ((5, 33, 7, 5), "channel"), ((1, 1, 1, 1), "position"),
+                    ((2, 8, 2, 2), "position"),       # rows of 16-byte multiples for every dtype
+                    # large enough for the multi-threaded paths
+                    ((64, 4099), "position"), ((9, 33, 31, 29), "channel")]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,unit", MASK_ROWS_SHAPES)
+def test_mask_rows_matches_reference_in_place(dtype, shape, unit, generator):
+    x, rows, inner, keys, thresholds = mask_rows_case(shape, unit, dtype, generator)
+    expected = reference.mask_rows(rows, keys, thresholds, inner)
+    address = rows.data_ptr()
+    out = kernels.mask_rows(rows, keys, thresholds, inner)
+    assert out is rows and out.data_ptr() == address            # masked where it lies
+    assert out.shape == (len(keys) * shape[0],) + shape[1:] and out.dtype == dtype
+    # Bit for bit: ablated elements are +0.0 exactly, whatever the sign of the value they replace.
+    assert torch.equal(bits(out), bits(expected))
+    # Copy 0 (threshold 0) is x; copy 2 (threshold = units) is all zeros.
+    batch = shape[0]
+    assert torch.equal(bits(out[:batch]), bits(x))
+    assert not bits(out[2 * batch:3 * batch]).any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,unit", [((3, 5, 4, 7), "position"), ((2, 7, 3, 3), "channel"),
+                                        ((5, 33, 7, 5), "channel"), ((1, 1, 2, 2), "position"),
+                                        ((9, 33, 31, 29), "position")])
+def test_mask_rows_masks_channels_last_in_place_and_ablates_the_same_units(dtype, shape, unit, generator):
+    x, rows, inner, keys, thresholds = mask_rows_case(shape, unit, dtype, generator, channels_last=True)
+    if shape[1] > 1:     # a (B, 1, H, W) or (B, C, 1, 1) tensor is both layouts at once
+        assert not rows.is_contiguous() and rows.is_contiguous(memory_format=torch.channels_last)
+    expected = reference.mask_rows(rows.contiguous(), keys, thresholds, inner)
+    out = kernels.mask_rows(rows, keys, thresholds, inner)
+    assert out is rows and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(bits(out.contiguous()), bits(expected))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,unit,channels_last", [((5, 33, 7, 5), "position", False),
+                                                      ((5, 33, 7, 5), "channel", False),
+                                                      ((5, 33, 7, 5), "position", True),
+                                                      ((3, 8, 6, 6), "channel", True), ((7, 37), "position", False)])
+def test_mask_rows_of_repeated_rows_equals_expand_masked(dtype, shape, unit, channels_last, generator):
+    x, rows, inner, keys, thresholds = mask_rows_case(shape, unit, dtype, generator, channels_last)
+    expanded = kernels.expand_masked(x, keys, thresholds, inner)
+    assert torch.equal(bits(kernels.mask_rows(rows, keys, thresholds, inner)), bits(expanded))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mask_rows_keeps_every_bit_it_does_not_ablate(dtype):
+    """NaN payloads, signalling NaNs, infinities, -0.0 and subnormals pass unchanged through a
+    copy with threshold 0 and through the kept units of a partial mask (the kernel never computes
+    with the values); ablated elements become +0.0 whatever they held."""
+    integer = BITS[dtype.itemsize]
+    limits = torch.iinfo(integer)
+    original = torch.randint(limits.min, limits.max, (4, 53), dtype=integer,
+                             generator=torch.Generator().manual_seed(dtype.itemsize))
+    original[:, :16] |= torch.tensor(float("inf"), dtype=dtype).view(integer)   # exponent all ones: NaN, inf
+    original[:, 16] = limits.min                                               # -0.0
+    original[:, 17] = 1                                                        # the smallest subnormal
+    units = original.shape[1]
+    keys, thresholds = [7, 7], [0, units // 2]           # copy 0 (rows 0, 1) untouched, copy 1 half ablated
+    out = kernels.mask_rows(original.clone().view(dtype), keys, thresholds, 1)
+    assert torch.isnan(original.view(dtype)).sum() > 16 and torch.equal(bits(out[:2]), original[:2])
+    ablated = reference.ablation_masks([7], [units // 2], units)[0]
+    assert int(ablated.sum()) == units // 2
+    assert torch.equal(bits(out[2:])[:, ~ablated], original[2:, ~ablated])
+    assert not bits(out[2:])[:, ablated].any()
+    assert torch.equal(bits(out), bits(reference.mask_rows(original.view(dtype), keys, thresholds, 1)))
+
+
+def test_mask_rows_masks_a_contiguous_copy_of_any_other_layout(generator):
+    """A tensor neither contiguous nor channels_last is left as it is; a masked contiguous copy is
+    returned."""
+    base = torch.randn(6, 9, 5, generator=generator)
+    keys, thresholds = [3, 4, 5], [0, 11, 45]
+    for x in (base.transpose(1, 2), base[:, :, ::2], base.permute(0, 2, 1)[:, 1:]):
+        x_bits = bits(x).clone()
+        out = kernels.mask_rows(x, keys, thresholds, 1)
+        assert out.data_ptr() != x.data_ptr() and out.is_contiguous()
+        assert torch.equal(bits(x), x_bits)                          # the input is unchanged
+        assert torch.equal(bits(out), bits(reference.mask_rows(x.contiguous(), keys, thresholds, 1)))
+
+
+def test_mask_rows_refuses_a_row_count_that_is_not_copies_of_a_batch():
+    with pytest.raises(FuFastError, match=r"^mask_rows: the tensor has 7 rows, which are not 3 masked copies of a "
+                                          r"batch \(a positive multiple of 3 rows\)$"):
+        kernels.mask_rows(torch.zeros(7, 4), [1, 2, 3], [0, 1, 2], 1)
+    with pytest.raises(FuFastError, match="has 0 rows"):
+        kernels.mask_rows(torch.zeros(0, 4), [1], [1], 1)
+    with pytest.raises(FuFastError, match="not 0 masked copies"):
+        kernels.mask_rows(torch.zeros(2, 4), [], [], 1)
+    with pytest.raises(FuFastError, match="2 mask keys but 1 thresholds"):
+        kernels.mask_rows(torch.zeros(2, 4), [1, 2], [1], 1)
+    with pytest.raises(FuFastError, match="unsupported dtype"):
+        kernels.mask_rows(torch.zeros(2, 4, dtype=torch.int32), [1, 2], [1, 1], 1)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("masks_,batch,classes", [(1, 1, 1), (3, 1, 10), (4, 7, 3), (2, 33, 1000)])
 def test_label_agreement_matches_argmax_reference(dtype, masks_, batch, classes, generator):
@@ -162,6 +289,14 @@ def test_bindings_refuse_null_pointers_and_bad_sizes():
         _C.expand_masked(8, 8, 1, 1, 1, 1, 1, False, 3, 8, 8, 1)
     with pytest.raises(ValueError, match="channels \\* spatial"):
         _C.expand_masked(8, 8, 1, 12, 1, 5, 2, True, 4, 8, 8, 1)
+    with pytest.raises(ValueError, match="^mask_rows: element size"):
+        _C.mask_rows(8, 1, 1, 1, 1, 1, False, 3, 8, 8, 1)
+    with pytest.raises(ValueError, match="^mask_rows: a channels_last row must hold channels \\* spatial"):
+        _C.mask_rows(8, 1, 12, 1, 5, 2, True, 4, 8, 8, 1)
+    with pytest.raises(ValueError, match="^mask_rows: sizes must be positive"):
+        _C.mask_rows(8, 0, 12, 1, 12, 1, False, 4, 8, 8, 1)
+    with pytest.raises(ValueError, match="^data: null pointer"):
+        _C.mask_rows(0, 1, 12, 1, 12, 1, False, 4, 8, 8, 1)
 
 
 def special_values(dtype) -> torch.Tensor:

@@ -255,10 +255,12 @@ def test_analysis_layers_are_cut_points(name):
     assert list(result.layers) == layers
 
 
-def test_the_cut_point_check_refuses_a_layer_inside_a_residual_block():
+def test_a_layer_inside_a_residual_block_gets_its_copies_at_the_block_input():
     model = models.build("resnet56", 0.25)
-    with pytest.raises(FuFastError, match="not a cut point"):
-        fu_fast.analyze(model, torch.randn(4, 3, 8, 8), layers=["layer2.0.bn2"], repeats=1, levels=3)
+    result = fu_fast.analyze(model, torch.randn(4, 3, 8, 8), layers=["layer2.0.bn2", "layer2.0"], repeats=1,
+                             levels=3)
+    assert result.layers["layer2.0.bn2"].expanded_at == "layer1"
+    assert result.layers["layer2.0"].expanded_at == "layer2.0"      # a block output: a cut point
     assert models.analysis_layers("resnet56")[::9] == ["layer1.0", "layer2.0", "layer3.0"]
     with pytest.raises(FuFastError, match="analysis_layers"):
         models.analysis_layers(nn.Linear(2, 2))

@@ -52,5 +52,6 @@ def test_a_logits_function_reads_any_output_and_default_layers_skip_the_output_m
 
 
 def test_logits_that_are_not_batch_by_classes_are_refused():
-    with pytest.raises(FuFastError, match=r"logits must be \(batch, classes\), got \(\d+, 3, 1\)"):
-        fu_fast.analyze(Wrapped(lambda z: z.unsqueeze(-1)), INPUTS, layers=["net.1"])
+    with pytest.raises(FuFastError, match=r"logits must be \(batch, classes\) or \(batch, tokens, classes\), "
+                                          r"got \(\d+, 3, 1, 1\)"):
+        fu_fast.analyze(Wrapped(lambda z: z[:, :, None, None]), INPUTS, layers=["net.1"])

@@ -12,8 +12,8 @@ from fu_fast.analysis.result import AnalysisResult
 
 from conftest import mlp, small_cnn
 
-LAYER_KEYS = {"name", "kind", "units", "ablation_units", "reference_units", "reference_ablation_units",
-              "prunability", "redundancy", "correlation"}
+LAYER_KEYS = {"name", "kind", "unit", "expanded_at", "units", "ablation_units", "reference_units",
+              "reference_ablation_units", "prunability", "redundancy", "correlation"}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_document_has_exactly_the_spec_fields(result):
     assert doc["model"] == {"name": "small_cnn", "width": 0.5,
                             "parameters": sum(p.numel() for p in small_cnn(3).parameters()),
                             "accuracy": None, "options": {"init": "he"}}
-    assert doc["data"] == {"name": "noise", "examples": 24, "split": "test", "options": {}}
+    assert doc["data"] == {"name": "noise", "examples": 24, "predictions": 24, "split": "test", "options": {}}
     assert set(doc["settings"]) == {"tolerance", "pca_tolerance", "repeats", "levels", "sample_cap", "unit",
                                     "seed", "precision", "device"}
     assert doc["settings"]["precision"] == "fp64" and doc["settings"]["device"] == "cpu"

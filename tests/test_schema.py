@@ -182,16 +182,16 @@ def test_documents_from_before_build_kernels_still_validate(validator, valid_doc
 
 
 def test_a_document_with_skipped_layers_validates(validator, tmp_path):
-    class TokenModel(torch.nn.Module):
+    class SharedActivationModel(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.embed, self.act, self.pool_act, self.head = (torch.nn.Linear(4, 6), torch.nn.GELU(), torch.nn.ReLU(),
                                                                torch.nn.Linear(6, 3))
 
         def forward(self, x):
-            return self.head(self.pool_act(self.act(self.embed(x)).mean(dim=1)))
+            return self.head(self.pool_act(self.act(self.act(self.embed(x))).mean(dim=1)))
 
-    result = fu_fast.analyze(TokenModel(), torch.randn(12, 5, 4, generator=torch.Generator().manual_seed(0)))
+    result = fu_fast.analyze(SharedActivationModel(), torch.randn(12, 5, 4, generator=torch.Generator().manual_seed(0)))
     doc = result.to_dict()
     assert doc["skipped_layers"][0]["layer"] == "act"
     validator.validate(doc)

@@ -19,54 +19,96 @@ void keep_words(const int64_t* ranks, int64_t threshold, const RowLayout& layout
     keep[e] = (ranks[unit_of_element(e, layout)] < threshold) ? Word{0} : static_cast<Word>(~Word{0});
 }
 
-template <typename Word>
+// Both row operations carry a haswell clone: the AND of a row is the whole cost of masking.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-__attribute__((target_clones("arch=haswell", "default")))
+#define FU_FAST_ROW_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define FU_FAST_ROW_CLONES
 #endif
-void and_row(const Word* __restrict__ src, const Word* __restrict__ keep, Word* __restrict__ dst, int64_t row) {
+
+template <typename Word>
+FU_FAST_ROW_CLONES void and_row(const Word* __restrict__ src, const Word* __restrict__ keep, Word* __restrict__ dst,
+                                int64_t row) {
   for (int64_t e = 0; e < row; ++e) dst[e] = src[e] & keep[e];
 }
 
+// The in-place twin of and_row: and_row(data, keep, data) would break its __restrict__ promise
+// that src and dst do not alias. keep is a separate buffer, so it may stay restricted.
 template <typename Word>
-void expand_masked_typed(const Word* src, Word* dst, int64_t batch, const RowLayout& layout,
-                         MaskSpec masks) {
+FU_FAST_ROW_CLONES void and_row_in_place(Word* __restrict__ data, const Word* __restrict__ keep, int64_t row) {
+  for (int64_t e = 0; e < row; ++e) data[e] &= keep[e];
+}
+
+// What a mask does to a row: leave it (threshold <= 0), zero it (threshold >= units: no rank is
+// needed), or AND it with the mask's keep words.
+enum class RowMask { Keep, Zero, Partial };
+
+// The ablation of num_masks * batch rows, row (k * batch + b) under mask k, shared by the
+// expanding and the in-place kernel: mask_row(k, b, what, keep) is called once per (mask,
+// example) pair, keep being mask k's keep words when what is Partial (else null).
+//
+// Masks come grouped by key (a chunk holds several levels of one repeat): ranks are computed
+// once per group and each partial mask's keep words once, then one parallel region visits every
+// (mask, row) pair of the group. One region per group, not per mask, keeps thread wake-ups rare;
+// small groups stay on one thread.
+template <typename Word, typename MaskRow>
+void for_each_masked_row(int64_t batch, const RowLayout& layout, MaskSpec masks, MaskRow mask_row) {
   const int64_t units = layout.units, row = units * layout.inner;
   std::vector<int64_t> ranks(units);
   std::vector<Word> keep;
-  // Masks come grouped by key (a chunk holds several levels of one repeat): ranks are
-  // computed once per group and each partial mask's keep words once, then one parallel
-  // region masks every (mask, row) pair of the group. One region per group, not per mask,
-  // keeps thread wake-ups rare; small copies stay on one thread.
+  auto what = [&](int64_t k) {
+    const int64_t threshold = masks.thresholds[k];
+    return threshold <= 0 ? RowMask::Keep : threshold >= units ? RowMask::Zero : RowMask::Partial;
+  };
   for (int64_t first = 0; first < masks.num_masks;) {
     int64_t last = first + 1;
     while (last < masks.num_masks && masks.keys[last] == masks.keys[first]) ++last;
-    auto partial = [&](int64_t k) { return masks.thresholds[k] > 0 && masks.thresholds[k] < units; };
     bool needs_ranks = false;
-    for (int64_t k = first; k < last; ++k) needs_ranks |= partial(k);
+    for (int64_t k = first; k < last; ++k) needs_ranks |= what(k) == RowMask::Partial;
     if (needs_ranks) {
       permutation_ranks_cpu(masks.keys[first], units, ranks.data());
       keep.resize(static_cast<size_t>((last - first) * row));
 #pragma omp parallel for schedule(static) if ((last - first) * row > (1 << 18))
       for (int64_t k = first; k < last; ++k)
-        if (partial(k)) keep_words(ranks.data(), masks.thresholds[k], layout, keep.data() + (k - first) * row);
+        if (what(k) == RowMask::Partial)
+          keep_words(ranks.data(), masks.thresholds[k], layout, keep.data() + (k - first) * row);
     }
     const int64_t pairs = (last - first) * batch;
 #pragma omp parallel for schedule(static) if (pairs * row > (1 << 18))
     for (int64_t pair = 0; pair < pairs; ++pair) {
       const int64_t k = first + pair / batch, b = pair % batch;
-      const int64_t threshold = masks.thresholds[k];
-      const Word* in = src + b * row;
-      Word* out = dst + (k * batch + b) * row;
-      if (threshold <= 0) {
-        std::memcpy(out, in, sizeof(Word) * row);
-      } else if (threshold >= units) {
-        std::memset(out, 0, sizeof(Word) * row);
-      } else {
-        and_row(in, keep.data() + (k - first) * row, out, row);
-      }
+      const RowMask action = what(k);
+      mask_row(k, b, action, action == RowMask::Partial ? keep.data() + (k - first) * row : nullptr);
     }
     first = last;
   }
+}
+
+template <typename Word>
+void expand_masked_typed(const Word* src, Word* dst, int64_t batch, const RowLayout& layout, MaskSpec masks) {
+  const int64_t row = layout.units * layout.inner;
+  for_each_masked_row<Word>(batch, layout, masks, [&](int64_t k, int64_t b, RowMask action, const Word* keep) {
+    const Word* in = src + b * row;
+    Word* out = dst + (k * batch + b) * row;
+    switch (action) {
+      case RowMask::Keep: std::memcpy(out, in, sizeof(Word) * row); break;
+      case RowMask::Zero: std::memset(out, 0, sizeof(Word) * row); break;
+      case RowMask::Partial: and_row(in, keep, out, row); break;
+    }
+  });
+}
+
+template <typename Word>
+void mask_rows_typed(Word* data, int64_t batch, const RowLayout& layout, MaskSpec masks) {
+  const int64_t row = layout.units * layout.inner;
+  for_each_masked_row<Word>(batch, layout, masks, [&](int64_t k, int64_t b, RowMask action, const Word* keep) {
+    Word* rows = data + (k * batch + b) * row;
+    switch (action) {
+      case RowMask::Keep: break;   // the row is already what it must be: not even read
+      case RowMask::Zero: std::memset(rows, 0, sizeof(Word) * row); break;
+      case RowMask::Partial: and_row_in_place(rows, keep, row); break;
+    }
+  });
 }
 
 int64_t argmax_row(const void* row, int64_t classes, DType dtype) {
@@ -84,24 +126,31 @@ int64_t argmax_row(const void* row, int64_t classes, DType dtype) {
   return best;
 }
 
+// The kernels move elements of elem_size bytes as unsigned words of that width.
+template <typename Kernel>
+void with_word_type(int elem_size, Kernel kernel) {
+  switch (elem_size) {
+    case 2: kernel(uint16_t{}); break;
+    case 4: kernel(uint32_t{}); break;
+    default: kernel(uint64_t{}); break;
+  }
+}
+
 }  // namespace
 
 void expand_masked_cpu(const void* src, void* dst, int64_t batch, RowLayout layout, int elem_size,
                        MaskSpec masks) {
-  switch (elem_size) {
-    case 2:
-      expand_masked_typed(static_cast<const uint16_t*>(src), static_cast<uint16_t*>(dst), batch,
-                          layout, masks);
-      break;
-    case 4:
-      expand_masked_typed(static_cast<const uint32_t*>(src), static_cast<uint32_t*>(dst), batch,
-                          layout, masks);
-      break;
-    default:
-      expand_masked_typed(static_cast<const uint64_t*>(src), static_cast<uint64_t*>(dst), batch,
-                          layout, masks);
-      break;
-  }
+  with_word_type(elem_size, [&](auto word) {
+    using Word = decltype(word);
+    expand_masked_typed(static_cast<const Word*>(src), static_cast<Word*>(dst), batch, layout, masks);
+  });
+}
+
+void mask_rows_cpu(void* data, int64_t batch, RowLayout layout, int elem_size, MaskSpec masks) {
+  with_word_type(elem_size, [&](auto word) {
+    using Word = decltype(word);
+    mask_rows_typed(static_cast<Word*>(data), batch, layout, masks);
+  });
 }
 
 void label_agreement_cpu(const void* logits, DType dtype, int64_t num_masks, int64_t batch,

@@ -1,7 +1,7 @@
 // CUDA twins of the masked-ablation kernels (csrc/cpu/ablation_cpu.cpp): keyed permutation
-// ranks, fused expand-and-mask and label agreement. Same contracts as ablation.h and
-// permutation.h. Ranks come from the same FU_FAST_HD functions as on the CPU, so the
-// ablated sets are bit-identical.
+// ranks, fused expand-and-mask, in-place masking and label agreement. Same contracts as
+// ablation.h and permutation.h. Ranks come from the same FU_FAST_HD functions as on the CPU,
+// so the ablated sets are bit-identical.
 //
 // The kernels are extern "C" with scalar arguments so that this same file also serves a
 // build without CUDA: fu_fast/cupy_kernels.py compiles it at run time with NVRTC (cupy's
@@ -28,7 +28,45 @@ struct BlockMask {
   __device__ __forceinline__ bool ablates_unit(int64_t u) const {
     return threshold >= key.n || (threshold > 0 && permutation_rank(u, key) < threshold);
   }
+
+  // Whether element e of a row is ablated (the scalar kernels' mask).
+  __device__ __forceinline__ bool ablates_element(int64_t e) const {
+    return ablates_unit(unit_of_element(e, layout));
+  }
+
+  // The keep mask of 16-byte vector v of a row (the vec16 kernels' mask): all-one bytes over its
+  // 16 / elem_size elements that are kept, zero bytes over those ablated. A rank is computed only
+  // where the unit changes within the vector. Built as two 64-bit halves held in registers.
+  __device__ __forceinline__ uint4 vector_keep(int64_t v, int elem_size) const {
+    const int per_vector = 16 / elem_size;
+    unsigned long long keep_lo = 0ull, keep_hi = 0ull;
+    const unsigned long long element_bytes = elem_size == 8 ? ~0ull : (1ull << (8 * elem_size)) - 1;
+    int64_t unit = -1;
+    bool ablated = false;
+    for (int i = 0; i < per_vector; ++i) {
+      const int64_t u = unit_of_element(v * per_vector + i, layout);
+      if (u != unit) {
+        unit = u;
+        ablated = ablates_unit(u);
+      }
+      if (!ablated) {
+        const int byte = i * elem_size;
+        if (byte < 8) keep_lo |= element_bytes << (8 * byte);
+        else keep_hi |= element_bytes << (8 * (byte - 8));
+      }
+    }
+    return uint4{static_cast<unsigned int>(keep_lo), static_cast<unsigned int>(keep_lo >> 32),
+                 static_cast<unsigned int>(keep_hi), static_cast<unsigned int>(keep_hi >> 32)};
+  }
 };
+
+__device__ __forceinline__ uint4 and_vector(uint4 x, const uint4& keep) {
+  x.x &= keep.x;
+  x.y &= keep.y;
+  x.z &= keep.z;
+  x.w &= keep.w;
+  return x;
+}
 
 __device__ __forceinline__ BlockMask block_mask(int64_t units, int64_t inner, int64_t channels, int64_t spatial,
                                                 int channels_last, const uint64_t* keys,
@@ -51,37 +89,12 @@ extern "C" __global__ void fu_expand_masked_vec16(const uint4* __restrict__ src,
                                                   const int64_t* __restrict__ thresholds) {
   const int64_t k = blockIdx.y;
   const fu_fast::BlockMask mask = fu_fast::block_mask(units, inner, channels, spatial, channels_last, keys, thresholds);
-  const int per_vector = 16 / elem_size;
-  const int64_t vectors = units * inner / per_vector;
+  const int64_t vectors = units * inner * elem_size / 16;
   for (int64_t v = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; v < vectors;
        v += int64_t{gridDim.x} * blockDim.x) {
-    // Byte mask of the kept elements, as two 64-bit halves held in registers.
-    unsigned long long keep_lo = 0ull, keep_hi = 0ull;
-    const unsigned long long element_bytes = elem_size == 8 ? ~0ull : (1ull << (8 * elem_size)) - 1;
-    int64_t unit = -1;
-    bool ablated = false;
-    for (int i = 0; i < per_vector; ++i) {
-      const int64_t u = fu_fast::unit_of_element(v * per_vector + i, mask.layout);
-      if (u != unit) {
-        unit = u;
-        ablated = mask.ablates_unit(u);
-      }
-      if (!ablated) {
-        const int byte = i * elem_size;
-        if (byte < 8) keep_lo |= element_bytes << (8 * byte);
-        else keep_hi |= element_bytes << (8 * (byte - 8));
-      }
-    }
-    const unsigned int keep_x = static_cast<unsigned int>(keep_lo), keep_y = static_cast<unsigned int>(keep_lo >> 32);
-    const unsigned int keep_z = static_cast<unsigned int>(keep_hi), keep_w = static_cast<unsigned int>(keep_hi >> 32);
-    for (int64_t b = 0; b < batch; ++b) {
-      uint4 x = src[b * vectors + v];
-      x.x &= keep_x;
-      x.y &= keep_y;
-      x.z &= keep_z;
-      x.w &= keep_w;
-      dst[(k * batch + b) * vectors + v] = x;
-    }
+    const uint4 keep = mask.vector_keep(v, elem_size);
+    for (int64_t b = 0; b < batch; ++b)
+      dst[(k * batch + b) * vectors + v] = fu_fast::and_vector(src[b * vectors + v], keep);
   }
 }
 
@@ -96,7 +109,7 @@ extern "C" __global__ void fu_expand_masked_scalar(const void* __restrict__ src,
   const fu_fast::BlockMask mask = fu_fast::block_mask(units, inner, channels, spatial, channels_last, keys, thresholds);
   const int64_t row = units * inner;
   for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < row; e += int64_t{gridDim.x} * blockDim.x) {
-    const bool ablated = mask.ablates_unit(fu_fast::unit_of_element(e, mask.layout));
+    const bool ablated = mask.ablates_element(e);
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t from = b * row + e, to = (k * batch + b) * row + e;
       switch (elem_size) {
@@ -109,6 +122,59 @@ extern "C" __global__ void fu_expand_masked_scalar(const void* __restrict__ src,
         default:
           static_cast<uint64_t*>(dst)[to] = ablated ? 0ull : static_cast<const uint64_t*>(src)[from];
           break;
+      }
+    }
+  }
+}
+
+// The in-place twins of the expansion kernels: data holds num_masks * batch rows laid out as the
+// expansion's dst, and mask k (= blockIdx.y) is applied to its batch rows where they are. Only
+// what the mask changes is touched, so a mask with threshold <= 0 costs no memory traffic: its
+// blocks exit before reading anything else.
+
+// Rows whose byte length is a multiple of 16: the keep mask of fu_expand_masked_vec16 per
+// 16-byte vector. A vector whose elements are all kept is neither read nor written; one whose
+// elements are all ablated is written with zeros without being read.
+extern "C" __global__ void fu_mask_rows_vec16(uint4* __restrict__ data, int64_t batch, int64_t units, int64_t inner,
+                                              int64_t channels, int64_t spatial, int channels_last, int elem_size,
+                                              const uint64_t* __restrict__ keys,
+                                              const int64_t* __restrict__ thresholds) {
+  if (thresholds[blockIdx.y] <= 0) return;
+  const int64_t k = blockIdx.y;
+  const fu_fast::BlockMask mask = fu_fast::block_mask(units, inner, channels, spatial, channels_last, keys, thresholds);
+  const int64_t vectors = units * inner * elem_size / 16;
+  uint4* rows = data + k * batch * vectors;
+  for (int64_t v = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; v < vectors;
+       v += int64_t{gridDim.x} * blockDim.x) {
+    const uint4 keep = mask.vector_keep(v, elem_size);
+    if ((keep.x & keep.y & keep.z & keep.w) == ~0u) continue;
+    if ((keep.x | keep.y | keep.z | keep.w) == 0u) {
+      for (int64_t b = 0; b < batch; ++b) rows[b * vectors + v] = uint4{0u, 0u, 0u, 0u};
+    } else {
+      for (int64_t b = 0; b < batch; ++b)
+        rows[b * vectors + v] = fu_fast::and_vector(rows[b * vectors + v], keep);
+    }
+  }
+}
+
+// Any row length: the mask of fu_expand_masked_scalar per element; the ablated elements of the
+// mask's batch rows are zeroed, the kept ones left alone.
+extern "C" __global__ void fu_mask_rows_scalar(void* __restrict__ data, int64_t batch, int64_t units, int64_t inner,
+                                               int64_t channels, int64_t spatial, int channels_last, int elem_size,
+                                               const uint64_t* __restrict__ keys,
+                                               const int64_t* __restrict__ thresholds) {
+  if (thresholds[blockIdx.y] <= 0) return;
+  const int64_t k = blockIdx.y;
+  const fu_fast::BlockMask mask = fu_fast::block_mask(units, inner, channels, spatial, channels_last, keys, thresholds);
+  const int64_t row = units * inner;
+  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < row; e += int64_t{gridDim.x} * blockDim.x) {
+    if (!mask.ablates_element(e)) continue;
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t at = (k * batch + b) * row + e;
+      switch (elem_size) {
+        case 2: static_cast<unsigned short*>(data)[at] = 0; break;
+        case 4: static_cast<unsigned int*>(data)[at] = 0u; break;
+        default: static_cast<uint64_t*>(data)[at] = 0ull; break;
       }
     }
   }
@@ -162,6 +228,8 @@ extern "C" __global__ void fu_label_agreement(const void* __restrict__ logits, i
 }
 
 #if !defined(__CUDACC_RTC__)
+#include <initializer_list>
+
 #include "launch.h"
 
 namespace fu_fast {
@@ -171,18 +239,41 @@ void permutation_ranks_cuda(uint64_t key, int64_t n, int64_t* ranks, void* strea
   check_launch("permutation_ranks_cuda");
 }
 
+namespace {
+
+// The checks shared by the masking launchers: grid.y is the mask, and elements move as words of
+// 2, 4 or 8 bytes.
+void check_masking(const char* launcher, int elem_size, MaskSpec masks) {
+  if (masks.num_masks > 65535)
+    throw std::invalid_argument(std::string(launcher) + ": at most 65535 masks per call");
+  if (elem_size != 2 && elem_size != 4 && elem_size != 8)
+    throw std::invalid_argument(std::string(launcher) + ": element size must be 2, 4 or 8 bytes");
+}
+
+// Whether rows can be moved as 16-byte vectors: their length is a multiple of 16 bytes and every
+// buffer starts on a 16-byte boundary (then so does every row).
+bool takes_16_byte_vectors(const RowLayout& layout, int elem_size, std::initializer_list<const void*> buffers) {
+  if (layout.units * layout.inner * elem_size % 16 != 0) return false;
+  for (const void* buffer : buffers)
+    if (reinterpret_cast<uintptr_t>(buffer) % 16 != 0) return false;
+  return true;
+}
+
+// One thread per 16-byte vector or per element of a row, grid.y the mask.
+dim3 masking_grid(const RowLayout& layout, int elem_size, MaskSpec masks, bool vec16) {
+  const int64_t elements = layout.units * layout.inner;
+  return dim3(blocks_for(vec16 ? elements * elem_size / 16 : elements), static_cast<unsigned int>(masks.num_masks));
+}
+
+}  // namespace
+
 void expand_masked_cuda(const void* src, void* dst, int64_t batch, RowLayout layout, int elem_size,
                         MaskSpec masks, void* stream) {
-  if (masks.num_masks > 65535) throw std::invalid_argument("expand_masked_cuda: at most 65535 masks per call");
-  if (elem_size != 2 && elem_size != 4 && elem_size != 8)
-    throw std::invalid_argument("expand_masked_cuda: element size must be 2, 4 or 8 bytes");
-  const int64_t row_bytes = layout.units * layout.inner * elem_size;
-  const bool aligned = row_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0 &&
-                       reinterpret_cast<uintptr_t>(dst) % 16 == 0;
-  const int64_t work = aligned ? row_bytes / 16 : layout.units * layout.inner;
-  const dim3 grid(blocks_for(work), static_cast<unsigned int>(masks.num_masks));
+  check_masking("expand_masked_cuda", elem_size, masks);
+  const bool vec16 = takes_16_byte_vectors(layout, elem_size, {src, dst});
+  const dim3 grid = masking_grid(layout, elem_size, masks, vec16);
   auto s = static_cast<cudaStream_t>(stream);
-  if (aligned) {
+  if (vec16) {
     fu_expand_masked_vec16<<<grid, kThreads, 0, s>>>(
         static_cast<const uint4*>(src), static_cast<uint4*>(dst), batch, layout.units, layout.inner,
         layout.channels, layout.spatial, layout.channels_last, elem_size, masks.keys, masks.thresholds);
@@ -192,6 +283,23 @@ void expand_masked_cuda(const void* src, void* dst, int64_t batch, RowLayout lay
                                                       elem_size, masks.keys, masks.thresholds);
   }
   check_launch("expand_masked_cuda");
+}
+
+void mask_rows_cuda(void* data, int64_t batch, RowLayout layout, int elem_size, MaskSpec masks, void* stream) {
+  check_masking("mask_rows_cuda", elem_size, masks);
+  const bool vec16 = takes_16_byte_vectors(layout, elem_size, {data});
+  const dim3 grid = masking_grid(layout, elem_size, masks, vec16);
+  auto s = static_cast<cudaStream_t>(stream);
+  if (vec16) {
+    fu_mask_rows_vec16<<<grid, kThreads, 0, s>>>(static_cast<uint4*>(data), batch, layout.units, layout.inner,
+                                                 layout.channels, layout.spatial, layout.channels_last, elem_size,
+                                                 masks.keys, masks.thresholds);
+  } else {
+    fu_mask_rows_scalar<<<grid, kThreads, 0, s>>>(data, batch, layout.units, layout.inner, layout.channels,
+                                                  layout.spatial, layout.channels_last, elem_size, masks.keys,
+                                                  masks.thresholds);
+  }
+  check_launch("mask_rows_cuda");
 }
 
 void label_agreement_cuda(const void* logits, DType dtype, int64_t num_masks, int64_t batch,

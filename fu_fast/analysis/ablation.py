@@ -1,27 +1,80 @@
-"""Ablation passes: the hook that expands a layer's output into its masked copies,
-agreement counting, and curves -> prunable fraction."""
+"""Ablation passes: the forward in which a layer's output is replaced by its masked copies,
+agreement counting, and curves -> prunable fraction.
+
+At a cut point the hook on the layer expands its output (B rows) into the K masked copies
+(K*B rows): everything before the layer runs once, everything after it on K*B rows. A layer
+that is not a cut point gets its copies earlier (layers.Layer.copies_from): the batch is copied
+K times there (or the input is), and the hook on the layer masks copy k with mask k in place.
+The copies are identical until the layer, so the layer's own module runs on the first copy only
+and its output is expanded as at a cut point (not for an in-place module, which must act on
+every copy of its input, as a skip connection may read it).
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
 from .. import kernels
 from ..hooks import forward_hooks
+from .layers import Layer
 
 
-class MaskedExpansion:
-    """Forward hook replacing a layer's output (B rows) by its K masked copies (K*B rows).
+def _masked_output(layer: Layer, keys: list[int], thresholds: list[int], rows: int):
+    """The hook on the layer: expand its output of ``rows`` rows into the masked copies, or mask
+    the K copies that arrive (copies made earlier, K*rows rows)."""
+    def hook(_module, inputs, output):
+        view, inner = layer.masked_view(output)
+        if output.shape[0] == rows:
+            return layer.from_masked_view(kernels.expand_masked(view, keys, thresholds, inner))
+        if any(isinstance(i, torch.Tensor) and _shares_memory(i, output) for i in inputs):
+            # An output that is its input (an in-place activation, Identity, Dropout in eval) may
+            # also feed a skip connection: mask a copy, never the tensor the other path reads.
+            view = view.clone(memory_format=torch.preserve_format)
+        return layer.from_masked_view(kernels.mask_rows(view, keys, thresholds, inner))
+    return hook
 
-    Everything before the layer runs once on B rows; everything after it on K*B rows.
-    """
 
-    def __init__(self, keys: list[int], thresholds: list[int], inner: int):
-        self.keys, self.thresholds, self.inner = keys, thresholds, inner
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
-    def __call__(self, _module, _inputs, output):
-        return kernels.expand_masked(output, self.keys, self.thresholds, self.inner)
+
+def _copies(count: int):
+    def hook(_module, _inputs, output):
+        return torch.cat([output] * count)
+    return hook
+
+
+def _first_copy(copies: int, rows: int):
+    """A pre-hook giving the module the first of the identical copies of its inputs."""
+    def first(value):
+        return value[:rows] if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == copies * rows \
+            else value
+
+    def hook(_module, args, kwargs):
+        return tuple(first(a) for a in args), {k: first(v) for k, v in kwargs.items()}
+    return hook
+
+
+def masked_forward(forward: Callable[[torch.Tensor], torch.Tensor], layer: Layer, inputs: torch.Tensor,
+                   keys: list[int], thresholds: list[int], hooks: Iterable = ()) -> torch.Tensor:
+    """The logits of len(keys) masked copies of the batch (K*B rows, copy k masked by keys[k] and
+    thresholds[k] at the layer), by one forward (a function from inputs to logits); ``hooks``
+    are other (module, hook) pairs held during that forward."""
+    rows = inputs.shape[0]
+    hooks = [layer.hook(_masked_output(layer, keys, thresholds, rows)), *hooks]
+    pre_hooks = []
+    start = layer.copies_from
+    if start is not None:
+        if start.module is not None:
+            hooks.insert(0, start.hook(_copies(len(keys))))
+        else:
+            inputs = torch.cat([inputs] * len(keys))
+        if len(keys) > 1 and not getattr(layer.module, "inplace", False):
+            pre_hooks.append(layer.hook(_first_copy(len(keys), rows)))
+    with forward_hooks(hooks, kwargs_pre_hooks=pre_hooks):
+        return forward(inputs)
 
 
 def prunable_fraction(grid: list[float], curve: list[float], tolerance: float) -> float:
@@ -34,14 +87,3 @@ def prunable_fraction(grid: list[float], curve: list[float], tolerance: float) -
             a0, a1 = curve[i - 1], curve[i]
             return grid[i - 1] + (a0 - floor) / (a0 - a1) * (grid[i] - grid[i - 1])
     return 1.0
-
-
-def count_agreement(forward: Callable[[torch.Tensor], torch.Tensor], hook_on_layer: Callable, inputs: torch.Tensor,
-                    base_labels: torch.Tensor, keys: list[int], thresholds: list[int],
-                    inner: int) -> torch.Tensor:
-    """One forward (a function from inputs to the model's logits) with the layer expanded to
-    len(keys) masked copies; agreement per mask. ``hook_on_layer(hook)`` gives the (module, hook)
-    pair that applies a hook to the layer's output (Layer.hook)."""
-    with forward_hooks([hook_on_layer(MaskedExpansion(keys, thresholds, inner))]):
-        logits = forward(inputs)
-    return kernels.label_agreement(logits, base_labels, len(keys))

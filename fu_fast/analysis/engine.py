@@ -23,7 +23,6 @@ from torch import nn
 
 from .. import kernels
 from ..devices import resolve_device
-from ..hooks import forward_hooks
 from ..errors import FuFastError, integer_setting
 from . import ablation, layers as layer_lib, masks, pca
 from .covariance import CovarianceAccumulator, PositionSample
@@ -48,21 +47,27 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None,
             memory_budget: int | None = None, model_info: dict | None = None,
             data_info: dict | None = None, trial: int | None = None,
             progress: Callable[[int, int], None] | None = None, distributed: bool | None = None,
-            logits: Callable | None = None) -> AnalysisResult:
+            logits: Callable | None = None, token_mask: Callable | None = None) -> AnalysisResult:
     """Prunability, redundancy and correlations of a model's layers, in one pass over data.
 
     Args:
-        model: any module returning (batch, classes) logits.
+        model: any module returning (batch, classes) logits, or (batch, tokens, classes) token
+            logits (every token is a prediction).
         data: a tensor of inputs, an (inputs, labels) pair, a Dataset or a DataLoader
             (in a fixed order). Labels, when given, give the model's accuracy.
-        layers: names of the modules whose outputs are analysed (cut points); None uses
-            the model's ``analysis_layers`` or every activation module that is a cut point.
+        layers: names of the modules whose outputs are analysed ("module@k": the k-th call of a
+            module that runs several times); any module output of shape (B, C), (B, T, D) or
+            (B, C, H, W). None: the model's ``analysis_layers``, else the outputs of its blocks
+            (ResNet blocks, Inception modules, transformer layers and their feed-forward hidden
+            units), else its activation modules that are cut points.
         tolerance: label-agreement tolerance t of the prunable fraction.
         pca_tolerance: share of the variance the kept components may leave unexplained.
         repeats: independent random orders of ablation; the prunable fraction is their max.
         levels: the number of grid points from 0 to 1, or the grid itself.
         sample_cap: at most this many sampled positions per conv layer for redundancy.
-        unit: "position" (every C*H*W element of a conv output is a unit) or "channel".
+        unit: "position" (every element of a conv or token layer's output is a unit), "channel"
+            (whole feature maps; a token layer's features at every token) or "auto" (position for
+            conv layers, features for token layers).
         seed: determines the masks and the position sample; nothing else is random.
         device: where to run (default: where the model's parameters are).
         batch_size: rows per batch for tensors and Datasets; results do not depend on it.
@@ -86,6 +91,8 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None,
         logits: a function from the model's output to its (batch, classes) logits, for outputs
             other than a tensor, a tuple or list (the first element), a dict with "logits" or an
             object with ``.logits``, which are found without it.
+        token_mask: for token logits, a function from a batch of inputs to a (batch, tokens) bool
+            tensor, True for the tokens that count (not padding).
     """
     settings = AnalysisSettings(tolerance=tolerance, pca_tolerance=pca_tolerance, repeats=repeats, levels=levels,
                                 sample_cap=sample_cap, unit=unit, seed=seed)
@@ -112,27 +119,30 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None,
     was_training = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        with torch.inference_mode(), _numerics(device, precision):
-            passes, skipped, correct = _one_pass(model, batches, layers, settings, device, dtype, channels_last,
-                                                 memory_budget, progress, logits)
+        with torch.inference_mode(), _numerics(device, precision), _module_by_module():
+            passes, skipped, predictions, correct = _one_pass(model, batches, layers, settings, device, dtype,
+                                                              channels_last, memory_budget, progress, logits,
+                                                              token_mask)
             if group is not None:
-                _combine(passes, correct, device)
+                _combine(passes, predictions, correct, device)
     finally:
         for module, training in was_training.items():
             module.train(training)
 
-    results = {p.layer.name: _layer_result(p, settings, batches.examples) for p in passes}
-    correct = int(correct)
+    predictions, correct = int(predictions), int(correct)
+    if predictions == 0:
+        raise FuFastError("token_mask left no token of the data to compare")
+    results = {p.layer.name: _layer_result(p, settings, predictions) for p in passes}
 
     # Zoo models and data sets describe themselves (fu_fast.models, fu_fast.data).
     info = dict(model_info or getattr(model, "fu_fast_config", None) or {})
     model_doc = {"name": info.pop("name", type(model).__name__), "width": info.pop("width", None),
                  "parameters": sum(p.numel() for p in model.parameters()),
-                 "accuracy": correct / batches.examples if batches.labels_known else None,
+                 "accuracy": correct / predictions if batches.labels_known else None,
                  "options": info.pop("options", {})}
     dinfo = dict(data_info or getattr(data, "info", None) or getattr(getattr(data, "dataset", None), "info", None)
                  or {})
-    data_doc = {"name": dinfo.pop("name", batches.name), "examples": batches.examples,
+    data_doc = {"name": dinfo.pop("name", batches.name), "examples": batches.examples, "predictions": predictions,
                 "split": dinfo.pop("split", "given"), "options": dinfo.pop("options", {})}
     record = {**settings.record(), "precision": precision, "device": str(device)}
     return AnalysisResult(
@@ -159,19 +169,20 @@ class LayerPass:
 
     def feed(self, output: torch.Tensor, first_example: int, rows: int) -> None:
         """Merge the sampled positions of the unmasked rows (the first ``rows``) into the moments."""
-        self.moments.update(output[:rows], self.sample.rows_in_batch(first_example, rows))
+        self.moments.update(self.layer.channels_view(output[:rows]), self.sample.rows_in_batch(first_example, rows))
 
 
 def _one_pass(model, batches, layer_names, settings: AnalysisSettings, device, dtype, channels_last, memory_budget,
-              progress, logits) -> tuple[list[LayerPass], list[dict], torch.Tensor]:
+              progress, logits, token_mask) -> tuple[list[LayerPass], list[dict], torch.Tensor, torch.Tensor]:
     """Per batch, one expanded pass per analysed layer (the first one also yields the base labels
-    and every layer's moments); returns the layers' records, the candidates skipped and the count of
-    correct labels."""
+    and every layer's moments); returns the layers' records, the candidates skipped, the number of
+    predictions compared (examples, or tokens) and the count of correct labels."""
     passes, skipped = _plan(model, batches, layer_names, settings, device, dtype, channels_last, logits)
     forward = forward_to_logits(model, logits)
     # Accumulated on the device: the loop never waits for the GPU, so data loading, copies and
     # kernels overlap; non-finite values are found in the moments once the pass is over.
     correct = torch.zeros((), dtype=torch.int64, device=device)
+    predictions = torch.zeros((), dtype=torch.int64, device=device)
     output_finite = torch.ones((), dtype=torch.bool, device=device)
     budget = memory_budget or _default_budget(device)
     if device.type == "cpu":
@@ -188,10 +199,11 @@ def _one_pass(model, batches, layer_names, settings: AnalysisSettings, device, d
         for layer_pass in [lead] + [p for p in passes if p is not lead]:
             for start, stop in layer_pass.chunks(rows, budget):
                 if base is None:
-                    base, finite = _lead_pass(forward, x, passes, lead, start, stop, first)
+                    base, counted, finite = _lead_pass(forward, x, passes, lead, start, stop, first, token_mask)
                     output_finite &= finite
+                    predictions += counted
                     if labels is not None:
-                        correct += (base == labels).sum()
+                        correct += _correct(base, labels)
                     continue
                 _masked_pass(forward, x, base, layer_pass, start, stop)
         first += rows
@@ -202,7 +214,15 @@ def _one_pass(model, batches, layer_names, settings: AnalysisSettings, device, d
             raise FuFastError(f"layer '{layer_pass.layer.name}' produced NaN or infinite activations")
     if not bool(output_finite):
         raise FuFastError("the model's output contains NaN or infinite values")
-    return passes, skipped, correct
+    return passes, skipped, predictions, correct
+
+
+def _correct(base: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """How many base labels equal the true ones (a (B, T) label per token for token logits)."""
+    if labels.numel() != base.numel():
+        raise FuFastError(f"the data has {labels.numel()} labels for a batch whose model output makes "
+                          f"{base.numel()} predictions")
+    return (base == labels.reshape(-1).to(base.device)).sum()
 
 
 def _plan(model, batches, layer_names, settings: AnalysisSettings, device, dtype, channels_last,
@@ -219,7 +239,7 @@ def _plan(model, batches, layer_names, settings: AnalysisSettings, device, dtype
     passes = []
     for layer in analysed:
         plan = masks.MaskPlan.build(layer.name, layer.ablation_units, settings.grid, settings.repeats, settings.seed)
-        cap = settings.sample_cap if layer.kind == "conv" else None
+        cap = settings.sample_cap if layer.kind != "linear" else None
         sample = PositionSample(batches.examples, layer.spatial, cap, masks.sampling_seed(settings.seed, layer.name),
                                 device)
         passes.append(LayerPass(layer, plan, sample, CovarianceAccumulator(layer.units, device),
@@ -227,38 +247,60 @@ def _plan(model, batches, layer_names, settings: AnalysisSettings, device, dtype
     return passes, skipped
 
 
-def _lead_pass(forward, x, passes: list[LayerPass], lead: LayerPass, start: int, stop: int, first_example: int):
-    """The pass of the first computed layer, with the base forward folded in: its hook returns the
-    unmasked rows followed by the masked copies (a mask of threshold 0 ablates nothing), so the part
-    before it runs once for both and the base labels come out of the same pass; every layer's
-    hook feeds its moments from the unmasked rows. Returns the base labels and whether their
-    logits are finite."""
+def _lead_pass(forward, x, passes: list[LayerPass], lead: LayerPass, start: int, stop: int, first_example: int,
+               token_mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pass of the first computed layer, with the base forward folded in: its first copy is
+    the unmasked batch (a mask of threshold 0 ablates nothing), so the part before the copies
+    runs once for both and the base labels come out of the same pass; every layer's hook feeds
+    its moments from the unmasked rows. Returns the base labels (-1 where ``token_mask`` leaves a
+    token out), the number of predictions compared, and whether the base logits are finite."""
     rows = x.shape[0]
-    keys, thresholds = lead.plan.keys[start:stop], lead.plan.thresholds[start:stop]
-    expansion = ablation.MaskedExpansion([0, *keys], [0, *thresholds], lead.layer.inner)
+    keys, thresholds = [0, *lead.plan.keys[start:stop]], [0, *lead.plan.thresholds[start:stop]]
 
     def feed(layer_pass: LayerPass):
         def hook(_module, _inputs, output):
             layer_pass.feed(output, first_example, rows)
-            return expansion(_module, _inputs, output) if layer_pass is lead else None
         return hook
 
-    with _layer_errors(lead.layer.name), forward_hooks([p.layer.hook(feed(p)) for p in passes]):
-        logits = forward(x)
-        if logits.dim() == 2 and logits.shape[0] != (1 + stop - start) * rows:   # read past by the kernel below
-            raise FuFastError(f"the model returned {logits.shape[0]} rows of logits for the unmasked rows and "
-                              f"{stop - start} masked copies of {rows} examples; expected {(1 + stop - start) * rows}")
-        base = logits[:rows].argmax(dim=1)
-        lead.counts[start:stop] += kernels.label_agreement(logits[rows:], base, stop - start)
-    return base, torch.isfinite(logits[:rows]).all()
+    with _layer_errors(lead.layer.name):
+        logits = _predictions(ablation.masked_forward(forward, lead.layer, x, keys, thresholds,
+                                                      [p.layer.hook(feed(p)) for p in passes]), len(keys), rows)
+        tokens = logits.shape[0] // (len(keys) * rows)
+        base = logits[:rows * tokens].argmax(dim=1)
+        counted = torch.full((), rows * tokens, dtype=torch.int64, device=x.device)
+        if token_mask is not None:
+            kept = _token_mask(token_mask, x, rows, tokens)
+            base = base.masked_fill(~kept, -1)   # never an argmax: a padding token never agrees
+            counted = kept.sum()
+        lead.counts[start:stop] += kernels.label_agreement(logits[rows * tokens:], base, stop - start)
+    return base, counted, torch.isfinite(logits[:rows * tokens]).all()
 
 
 def _masked_pass(forward, x, base: torch.Tensor, layer_pass: LayerPass, start: int, stop: int) -> None:
     """One forward with the layer's output replaced by its masked copies [start, stop)."""
     keys, thresholds = list(layer_pass.plan.keys[start:stop]), list(layer_pass.plan.thresholds[start:stop])
     with _layer_errors(layer_pass.layer.name):
-        layer_pass.counts[start:stop] += ablation.count_agreement(forward, layer_pass.layer.hook, x, base, keys,
-                                                                  thresholds, layer_pass.layer.inner)
+        logits = _predictions(ablation.masked_forward(forward, layer_pass.layer, x, keys, thresholds), len(keys),
+                              x.shape[0])
+        layer_pass.counts[start:stop] += kernels.label_agreement(logits, base, len(keys))
+
+
+def _predictions(logits: torch.Tensor, copies: int, rows: int) -> torch.Tensor:
+    """The (predictions, classes) logits of ``copies`` copies of a batch of ``rows`` examples:
+    (N, C) as they are, and (N, T, C) token logits with every token a prediction."""
+    if logits.shape[0] != copies * rows:   # the kernels would read past the logits
+        raise FuFastError(f"the model returned {logits.shape[0]} rows of logits for {copies} copies of {rows} "
+                          f"examples; expected {copies * rows} (the part after the layer must keep examples apart)")
+    return logits.flatten(0, 1) if logits.dim() == 3 else logits
+
+
+def _token_mask(token_mask, x: torch.Tensor, rows: int, tokens: int) -> torch.Tensor:
+    """The (B*T,) bool mask of the predictions that count, from ``token_mask(inputs)``."""
+    kept = token_mask(x)
+    if not isinstance(kept, torch.Tensor) or tuple(kept.shape) != (rows, tokens):
+        shape = tuple(kept.shape) if isinstance(kept, torch.Tensor) else type(kept).__name__
+        raise FuFastError(f"token_mask must return a (batch, tokens) = ({rows}, {tokens}) tensor, got {shape}")
+    return kept.to(device=x.device, dtype=torch.bool).flatten()
 
 
 @contextlib.contextmanager
@@ -273,10 +315,10 @@ def _layer_errors(name: str) -> Iterator[None]:
                           "must accept a batch of any size") from None
 
 
-def _layer_result(layer_pass: LayerPass, settings: AnalysisSettings, examples: int) -> LayerResult:
+def _layer_result(layer_pass: LayerPass, settings: AnalysisSettings, predictions: int) -> LayerResult:
     """Curves, prunable fraction, redundancy and correlations of one layer."""
     layer, plan = layer_pass.layer, layer_pass.plan
-    curves = plan.curves(layer_pass.counts.cpu().numpy(), examples)
+    curves = plan.curves(layer_pass.counts.cpu().numpy(), predictions)
     covariance = layer_pass.moments.covariance()
     try:
         red = pca.redundancy(covariance, settings.pca_tolerance)
@@ -288,7 +330,8 @@ def _layer_result(layer_pass: LayerPass, settings: AnalysisSettings, examples: i
         prunable_fraction=max(ablation.prunable_fraction(settings.grid, c, settings.tolerance) for c in curves),
         samples=layer_pass.moments.samples, components=red.components, redundant_units=red.redundant_units,
         explained_variance_ratio=red.explained_variance_ratio, mean_abs_r=corr.mean_abs_r,
-        abs_r_quantiles=corr.abs_r_quantiles, abs_r_histogram=corr.abs_r_histogram)
+        abs_r_quantiles=corr.abs_r_quantiles, abs_r_histogram=corr.abs_r_histogram, unit=layer.unit,
+        expanded_at=layer.expansion_point)
 
 
 def _device_batches(batches, device: torch.device, dtype, channels_last: bool
@@ -347,6 +390,22 @@ def _numerics(device: torch.device, precision: str):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
+@contextlib.contextmanager
+def _module_by_module():
+    """PyTorch's fused transformer fast path runs an encoder layer as one kernel in eval mode, so
+    the hooks on its submodules would never fire: it is off during an analysis, then restored."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    enabled = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(enabled)
+
+
 def _process_group(distributed: bool | None):
     """Whether to combine over torch.distributed's default group (None: when there is one)."""
     running = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -356,15 +415,16 @@ def _process_group(distributed: bool | None):
     return dist.group.WORLD if (running if distributed is None else distributed) else None
 
 
-def _combine(passes: list[LayerPass], correct: torch.Tensor, device: torch.device) -> None:
-    """Sum the agreement counts and correct labels over processes (in place); merge the
-    covariances in rank order, so every process ends with the same moments."""
+def _combine(passes: list[LayerPass], predictions: torch.Tensor, correct: torch.Tensor, device: torch.device) -> None:
+    """Sum the agreement counts, predictions and correct labels over processes (in place); merge
+    the covariances in rank order, so every process ends with the same moments."""
     # NCCL communicates GPU tensors; gloo, CPU ones.
     comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
-    flat = torch.cat([p.counts for p in passes] + [correct.reshape(1)]).to(comm)
+    flat = torch.cat([p.counts for p in passes] + [predictions.reshape(1), correct.reshape(1)]).to(comm)
     dist.all_reduce(flat)
-    for layer_pass, summed in zip(passes, flat[:-1].split([len(p.counts) for p in passes])):
+    for layer_pass, summed in zip(passes, flat[:-2].split([len(p.counts) for p in passes])):
         layer_pass.counts.copy_(summed)
+    predictions.copy_(flat[-2])
     correct.copy_(flat[-1])
     for layer_pass in passes:
         moments = layer_pass.moments

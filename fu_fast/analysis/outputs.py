@@ -12,8 +12,8 @@ from ..errors import FuFastError
 
 
 def logits_of(output, logits: Callable | None = None) -> torch.Tensor:
-    """The (batch, classes) logits in a model's output: the output itself when it is a tensor,
-    the first element of a tuple or list, the "logits" entry of a dict, or the ``logits``
+    """The (batch, classes) or (batch, tokens, classes) logits in a model's output: the output
+    itself when it is a tensor, the first element of a tuple or list, the "logits" entry of a dict, or the ``logits``
     attribute of an output object (as HuggingFace models return); ``logits``, a callable from
     the output to the logits, covers any other form."""
     if logits is not None:
@@ -30,9 +30,9 @@ def logits_of(output, logits: Callable | None = None) -> torch.Tensor:
         raise FuFastError(f"the model returned a {type(output).__name__} without logits (a tensor, the first "
                           "element of a tuple or list, a dict's 'logits' or an output's .logits); pass logits=, "
                           "a function from the model's output to its (batch, classes) logits")
-    if not isinstance(found, torch.Tensor) or found.dim() != 2:
+    if not isinstance(found, torch.Tensor) or found.dim() not in (2, 3):
         shape = tuple(found.shape) if isinstance(found, torch.Tensor) else type(found).__name__
-        raise FuFastError(f"the model's logits must be (batch, classes), got {shape}")
+        raise FuFastError(f"the model's logits must be (batch, classes) or (batch, tokens, classes), got {shape}")
     return found
 
 

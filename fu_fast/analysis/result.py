@@ -33,6 +33,10 @@ class LayerResult:
     # Counts of |r| over all pairs in HISTOGRAM_BINS bins on [0, 1]. Not part of the result
     # document (docs/result-format.md); a sweep keeps it beside it, for the violin plots.
     abs_r_histogram: list[int] | None = None
+    unit: str = "position"            # the ablation unit used for this layer ("auto" resolved)
+    # Where the masked copies began: the layer itself (a cut point), an earlier module output,
+    # or None for the model input.
+    expanded_at: str | None = None
 
     @property
     def prunable_units(self) -> float:
@@ -52,8 +56,8 @@ class LayerResult:
 
     def to_dict(self) -> dict:
         return {
-            "name": self.name, "kind": self.kind, "units": self.units,
-            "ablation_units": self.ablation_units,
+            "name": self.name, "kind": self.kind, "unit": self.unit, "expanded_at": self.expanded_at,
+            "units": self.units, "ablation_units": self.ablation_units,
             "reference_units": self.reference_units,
             "reference_ablation_units": self.reference_ablation_units,
             "prunability": {"curves": self.curves, "prunable_fraction": self.prunable_fraction,
@@ -72,7 +76,9 @@ class LayerResult:
         return cls(d["name"], d["kind"], d["units"], d["ablation_units"], p["curves"], p["prunable_fraction"],
                    r["samples"], r["components"], r["redundant_units"], r["explained_variance_ratio"],
                    c["mean_abs_r"], c["abs_r_quantiles"], d.get("reference_units"),
-                   d.get("reference_ablation_units"))
+                   d.get("reference_ablation_units"), unit=d.get("unit", "position"),
+                   # documents from before non-cut-point layers: every layer was its own
+                   expanded_at=d.get("expanded_at", d["name"]))
 
 
 def _mean_or_none(values: list[float | None]) -> float | None:

@@ -15,7 +15,7 @@ from typing import Sequence, Union
 from ..errors import FuFastError, integer_setting
 from . import masks
 
-UNITS = ("position", "channel")
+UNITS = ("auto", "position", "channel")
 
 
 def _setting(default, help_text: str):
@@ -29,7 +29,8 @@ class AnalysisSettings:
     repeats: int = _setting(3, "random ablation orders; the prunable fraction is their max")
     levels: Union[int, Sequence[float]] = _setting(21, "ablation fractions from 0 to 1 (a count, or the grid)")
     sample_cap: int = _setting(50_000, "most sampled positions per conv layer for redundancy")
-    unit: str = _setting("position", "conv ablation unit: every C*H*W position, or whole channels")
+    unit: str = _setting("auto", "ablation unit of conv and token layers: every element (position), whole "
+                                 "channels or features (channel), or auto: position for conv, features for tokens")
     seed: int = _setting(0, "seed of the masks and the position sample; nothing else is random")
 
     def __post_init__(self) -> None:

@@ -15,6 +15,9 @@ Option rules:
 * `input_dim` applies to synthetic data only (ignored otherwise, and not recorded);
   `image_size` to image data only (an error with synthetic data). Its default is the
   data set's native size: 32 for CIFAR-10, 224 for ImageNet.
+* `for_analysis` gives an image model (one whose build options have `input_size`)
+  synthetic *images* when asked for synthetic data: Gaussian images of the model's side
+  and uniform labels over its classes (synthetic.SyntheticImages).
 * `seed` determines the synthetic data and the random labels; CIFAR-10's train/val
   split is fixed (see cifar10.py). Augmentation draws from torch's global RNG, which the
   training loop seeds.
@@ -76,17 +79,22 @@ def load(name: str, split: str, *, data_dir=None, random_labels: bool = False, s
 
 def for_analysis(model_config: dict, *, trained: dict | None = None, name=None, split: str = "test",
                  data_dir=None, random_labels=None, image_size=None, limit=None) -> Dataset:
-    """The evaluation data of a zoo model: what it was trained on (``trained``, the settings of
-    its run record), unless told otherwise; the first ``limit`` examples when given."""
+    """The evaluation data of a model: what it was trained on (``trained``, the settings of its
+    run record), unless told otherwise; the first ``limit`` examples when given. Synthetic data
+    for an image model (``input_size`` in its options) is Gaussian images (``image_size`` overrides the side)."""
     trained = trained or {}
     name = name or trained.get("data") or ("synthetic" if model_config["name"] == "mlp" else None)
     if name is None:
         raise FuFastError("say which data to analyse on: --data synthetic|cifar10|imagenet")
     options = model_config["options"]
-    dataset = load(name, split, data_dir=data_dir or trained.get("data_dir"),
-                   random_labels=trained.get("random_labels", False) if random_labels is None else random_labels,
-                   seed=trained.get("data_seed", 0), input_dim=options.get("input_dim", 10),
-                   image_size=image_size or (options.get("input_size") if name != "synthetic" else None))
+    random_labels = trained.get("random_labels", False) if random_labels is None else random_labels
+    if name == "synthetic" and options.get("input_size"):
+        dataset = _synthetic_images(split, image_size or options["input_size"], options.get("num_classes"),
+                                    random_labels=random_labels, seed=trained.get("data_seed", 0))
+    else:
+        dataset = load(name, split, data_dir=data_dir or trained.get("data_dir"), random_labels=random_labels,
+                       seed=trained.get("data_seed", 0), input_dim=options.get("input_dim", 10),
+                       image_size=image_size or (options.get("input_size") if name != "synthetic" else None))
     if limit is None:
         return dataset
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
@@ -94,3 +102,19 @@ def for_analysis(model_config: dict, *, trained: dict | None = None, name=None, 
     subset = Subset(dataset, range(min(limit, len(dataset))))
     subset.num_classes, subset.info = dataset.num_classes, {**dataset.info, "examples": len(subset)}
     return subset
+
+
+SYNTHETIC_IMAGE_CLASSES = 10   # label range of synthetic images for a model that declares no num_classes
+
+
+def _synthetic_images(split: str, image_size, num_classes, *, random_labels: bool, seed: int) -> Dataset:
+    """Synthetic Gaussian images for an image model; labels are uniform already, so random labels
+    change nothing but the record."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise FuFastError(f"seed must be a non-negative integer, got {seed!r}")
+    dataset = synthetic.SyntheticImages(split, image_size=image_size, seed=seed,
+                                        num_classes=num_classes or SYNTHETIC_IMAGE_CLASSES)
+    dataset.info = {"name": "synthetic", "examples": len(dataset), "split": split,
+                    "options": {"images": True, "image_size": dataset.image_size, "num_classes": dataset.num_classes,
+                                "random_labels": bool(random_labels), "augment": False, "seed": seed}}
+    return dataset
