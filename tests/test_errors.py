@@ -62,8 +62,12 @@ def test_empty_data():
 
 def test_nan_activations_and_weights():
     bad = INPUTS.clone().double()
-    bad[7, 2] = float("nan")
+    bad[2, 2] = float("nan")   # in the probe rows on which the layers are found (engine.PROBE_ROWS)
     with pytest.raises(FuFastError, match="module '0' produced NaN or infinite activations"):
+        fu_fast.analyze(mlp(8, 5, 3), bad)
+    bad = INPUTS.clone().double()
+    bad[7, 2] = float("nan")   # past the probe, in the first batch: found in the moments, named by layer
+    with pytest.raises(FuFastError, match="layer '1' produced NaN or infinite activations"):
         fu_fast.analyze(mlp(8, 5, 3), bad)
     later = torch.cat([INPUTS.double()] * 10)
     later[150, 0] = float("nan")  # in a later batch than the probe

@@ -36,6 +36,10 @@ DEFAULT_CPU_BUDGET = 1 << 30   # bytes for one chunk of masked passes on the CPU
 # The CPU's default batch: rows whose expanded pass takes about 32 MiB, at least 16 (measured
 # fastest on both cases of benchmarks/bench_cpu.py: 250 rows for the MLP, 16 for the AlexNet).
 CPU_PASS_BYTES, CPU_MIN_ROWS = 32 << 20, 16
+# Examples of the first batch on which the layers are found and checked (shapes, cut points, where
+# the copies of a layer begin): a few forwards per layer, so few rows; the checks compare the model
+# on two different inputs, which a handful of examples makes as well as many.
+PROBE_ROWS = 4
 _DTYPE_NAMES = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -230,7 +234,8 @@ def _plan(model, batches, layer_names, settings: AnalysisSettings, device, dtype
     """The analysed layers, checked on the first batch, with their masks and position samples."""
     probe = _prepare(batches.first(), device, dtype, channels_last)
     try:
-        analysed, skipped = layer_lib.resolve(model, probe[:16], list(layer_names) if layer_names is not None else None,
+        names = list(layer_names) if layer_names is not None else None
+        analysed, skipped = layer_lib.resolve(model, probe[:PROBE_ROWS], names,
                                               settings.unit, logits)
     except FuFastError:
         raise
