@@ -13,7 +13,7 @@ from fu_fast.analysis.result import AnalysisResult
 from conftest import mlp, small_cnn
 
 LAYER_KEYS = {"name", "kind", "unit", "expanded_at", "units", "ablation_units", "reference_units",
-              "reference_ablation_units", "prunability", "redundancy", "correlation"}
+              "reference_ablation_units", "prunability", "redundancy", "correlation", "selectivity"}
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +40,8 @@ def test_document_has_exactly_the_spec_fields(result):
         assert set(layer) == LAYER_KEYS
         assert set(layer["prunability"]) == {"curves", "prunable_fraction", "prunable_units", "normalized"}
         assert set(layer["redundancy"]) == {"samples", "components", "redundant_units",
-                                            "explained_variance_ratio", "normalized"}
-        assert set(layer["correlation"]) == {"mean_abs_r", "abs_r_quantiles"}
+                                            "explained_variance_ratio", "normalized", "components_80"}
+        assert set(layer["correlation"]) == {"mean_abs_r", "abs_r_quantiles", "similar_units"}
         assert set(layer["correlation"]["abs_r_quantiles"]) == {"0.05", "0.25", "0.5", "0.75", "0.95"}
         assert layer["redundancy"]["samples"] == 100
         assert len(layer["prunability"]["curves"]) == 3

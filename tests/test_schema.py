@@ -83,7 +83,7 @@ def test_dead_layer(validator):
     doc = roundtrip(fu_fast.analyze(model, torch.randn(20, 6, dtype=torch.float64)).to_dict())
     check(validator, doc)
     layer = doc["layers"][0]
-    assert layer["correlation"] == {"mean_abs_r": None, "abs_r_quantiles": None}
+    assert layer["correlation"] == {"mean_abs_r": None, "abs_r_quantiles": None, "similar_units": None}
     assert layer["redundancy"]["components"] == 0 and layer["redundancy"]["redundant_units"] == 8
 
 

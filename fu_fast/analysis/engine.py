@@ -136,7 +136,8 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None,
     predictions, correct = int(predictions), int(correct)
     if predictions == 0:
         raise FuFastError("token_mask left no token of the data to compare")
-    results = {p.layer.name: _layer_result(p, settings, predictions) for p in passes}
+    selectivity_labels = "true" if batches.labels_known else "predicted"
+    results = {p.layer.name: _layer_result(p, settings, predictions, selectivity_labels) for p in passes}
 
     # Zoo models and data sets describe themselves (fu_fast.models, fu_fast.data).
     info = dict(model_info or getattr(model, "fu_fast_config", None) or {})
@@ -164,6 +165,11 @@ class LayerPass:
     sample: PositionSample
     moments: CovarianceAccumulator
     counts: torch.Tensor            # examples whose label survived each mask
+    # Per class, the sums of each example's unit activations (spatial or token mean) and the
+    # examples: class selectivity (pca.selectivity). Sized by the first batch's logits.
+    class_sums: torch.Tensor | None = None
+    class_counts: torch.Tensor | None = None
+    batch_means: torch.Tensor | None = None   # this batch's per-example unit means, float64
 
     def chunks(self, rows: int, budget: int) -> Iterator[tuple[int, int]]:
         """Mask ranges [start, stop) whose expanded passes over ``rows`` rows fit the budget."""
@@ -172,8 +178,24 @@ class LayerPass:
             yield start, min(start + chunk, self.plan.num_masks)
 
     def feed(self, output: torch.Tensor, first_example: int, rows: int) -> None:
-        """Merge the sampled positions of the unmasked rows (the first ``rows``) into the moments."""
-        self.moments.update(self.layer.channels_view(output[:rows]), self.sample.rows_in_batch(first_example, rows))
+        """Merge the sampled positions of the unmasked rows (the first ``rows``) into the moments,
+        and keep each example's unit means for the class sums."""
+        view = self.layer.channels_view(output[:rows])
+        self.moments.update(view, self.sample.rows_in_batch(first_example, rows))
+        self.batch_means = view.double() if view.dim() == 2 else \
+            view.sum(dim=(2, 3), dtype=torch.float64) / (view.shape[2] * view.shape[3])
+
+    def add_classes(self, classes: torch.Tensor, count: int) -> None:
+        """Add this batch's unit means to the sums of their examples' classes; a label outside
+        0 .. count-1 (not one of the model's classes) counts nowhere (checked without a sync)."""
+        if self.class_sums is None:
+            self.class_sums = torch.zeros(count, self.layer.units, dtype=torch.float64, device=classes.device)
+            self.class_counts = torch.zeros(count, dtype=torch.float64, device=classes.device)
+        classes = classes.to(self.class_sums.device)
+        valid = ((classes >= 0) & (classes < count)).double()
+        index = classes.clamp(0, count - 1)
+        self.class_sums.index_add_(0, index, self.batch_means * valid[:, None])
+        self.class_counts.index_add_(0, index, valid)
 
 
 def _one_pass(model, batches, layer_names, settings: AnalysisSettings, device, dtype, channels_last, memory_budget,
@@ -203,11 +225,15 @@ def _one_pass(model, batches, layer_names, settings: AnalysisSettings, device, d
         for layer_pass in [lead] + [p for p in passes if p is not lead]:
             for start, stop in layer_pass.chunks(rows, budget):
                 if base is None:
-                    base, counted, finite = _lead_pass(forward, x, passes, lead, start, stop, first, token_mask)
+                    base, counted, finite, classes = _lead_pass(forward, x, passes, lead, start, stop, first,
+                                                                token_mask)
                     output_finite &= finite
                     predictions += counted
                     if labels is not None:
                         correct += _correct(base, labels)
+                    if base.numel() == rows:   # one prediction per example: class means of the units
+                        for p in passes:   # by the data's labels, or without them the predictions
+                            p.add_classes(labels if labels is not None else base, classes)
                     continue
                 _masked_pass(forward, x, base, layer_pass, start, stop)
         first += rows
@@ -258,7 +284,8 @@ def _lead_pass(forward, x, passes: list[LayerPass], lead: LayerPass, start: int,
     the unmasked batch (a mask of threshold 0 ablates nothing), so the part before the copies
     runs once for both and the base labels come out of the same pass; every layer's hook feeds
     its moments from the unmasked rows. Returns the base labels (-1 where ``token_mask`` leaves a
-    token out), the number of predictions compared, and whether the base logits are finite."""
+    token out), the number of predictions compared, whether the base logits are finite, and the
+    number of classes."""
     rows = x.shape[0]
     keys, thresholds = [0, *lead.plan.keys[start:stop]], [0, *lead.plan.thresholds[start:stop]]
 
@@ -278,7 +305,7 @@ def _lead_pass(forward, x, passes: list[LayerPass], lead: LayerPass, start: int,
             base = base.masked_fill(~kept, -1)   # never an argmax: a padding token never agrees
             counted = kept.sum()
         lead.counts[start:stop] += kernels.label_agreement(logits[rows * tokens:], base, stop - start)
-    return base, counted, torch.isfinite(logits[:rows * tokens]).all()
+    return base, counted, torch.isfinite(logits[:rows * tokens]).all(), logits.shape[1]
 
 
 def _masked_pass(forward, x, base: torch.Tensor, layer_pass: LayerPass, start: int, stop: int) -> None:
@@ -320,7 +347,8 @@ def _layer_errors(name: str) -> Iterator[None]:
                           "must accept a batch of any size") from None
 
 
-def _layer_result(layer_pass: LayerPass, settings: AnalysisSettings, predictions: int) -> LayerResult:
+def _layer_result(layer_pass: LayerPass, settings: AnalysisSettings, predictions: int,
+                  selectivity_labels: str) -> LayerResult:
     """Curves, prunable fraction, redundancy and correlations of one layer."""
     layer, plan = layer_pass.layer, layer_pass.plan
     curves = plan.curves(layer_pass.counts.cpu().numpy(), predictions)
@@ -330,13 +358,18 @@ def _layer_result(layer_pass: LayerPass, settings: AnalysisSettings, predictions
     except ValueError as e:
         raise FuFastError(f"layer '{layer.name}': {e}") from None
     corr = pca.correlation(covariance)
+    chosen = None
+    if layer_pass.class_sums is not None:
+        chosen = pca.selectivity(layer_pass.class_sums.cpu().numpy(), layer_pass.class_counts.cpu().numpy())
     return LayerResult(
         name=layer.name, kind=layer.kind, units=layer.units, ablation_units=layer.ablation_units, curves=curves,
         prunable_fraction=max(ablation.prunable_fraction(settings.grid, c, settings.tolerance) for c in curves),
         samples=layer_pass.moments.samples, components=red.components, redundant_units=red.redundant_units,
         explained_variance_ratio=red.explained_variance_ratio, mean_abs_r=corr.mean_abs_r,
         abs_r_quantiles=corr.abs_r_quantiles, abs_r_histogram=corr.abs_r_histogram, unit=layer.unit,
-        expanded_at=layer.expansion_point)
+        expanded_at=layer.expansion_point, components_80=red.components_for(0.8), similar_units=corr.similar_units,
+        selectivity=None if chosen is None else {"labels": selectivity_labels, "units": chosen.units,
+                                                 "mean": chosen.mean, "quantiles": chosen.quantiles})
 
 
 def _device_batches(batches, device: torch.device, dtype, channels_last: bool
@@ -431,6 +464,12 @@ def _combine(passes: list[LayerPass], predictions: torch.Tensor, correct: torch.
         layer_pass.counts.copy_(summed)
     predictions.copy_(flat[-2])
     correct.copy_(flat[-1])
+    for layer_pass in passes:
+        if layer_pass.class_sums is not None:   # every process saw a batch, so every one has them
+            for tensor in (layer_pass.class_sums, layer_pass.class_counts):
+                summed = tensor.to(comm)
+                dist.all_reduce(summed)
+                tensor.copy_(summed)
     for layer_pass in passes:
         moments = layer_pass.moments
         state = moments.state().to(comm)

@@ -11,11 +11,29 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 HISTOGRAM_BINS = 50   # |r| histogram on [0, 1]: what a violin plot of a layer's correlations needs
 
 
+SIMILAR_ABS_R = 0.5      # a unit is "similar" to another when |r| >= this (the authors' similarity count)
+VARIANCE_SHARES = (0.8,)  # components reported beside the 1 - t_pca count
+
+
 @dataclass(frozen=True)
 class Redundancy:
     components: int
     redundant_units: int
     explained_variance_ratio: list[float]
+
+    def components_for(self, share: float) -> int:
+        """The fewest components explaining ``share`` of the variance (0 when nothing varies)."""
+        return _components(np.asarray(self.explained_variance_ratio), share)
+
+
+def _components(ratios: np.ndarray, share: float) -> int:
+    cumulative = np.cumsum(ratios)
+    if not len(ratios) or cumulative[-1] <= 0.0:
+        return 0
+    # The smallest k with cumulative[k-1] >= share; rounding may leave the full sum a hair
+    # below 1, which must still count as "all of the variance".
+    target = min(share, float(cumulative[-1]))
+    return int(np.searchsorted(cumulative, target, side="left")) + 1
 
 
 def redundancy(covariance: np.ndarray, pca_tolerance: float) -> Redundancy:
@@ -41,11 +59,7 @@ def redundancy(covariance: np.ndarray, pca_tolerance: float) -> Redundancy:
     if total <= 0.0:
         return Redundancy(0, channels, [0.0] * channels)
     ratios = eigenvalues / total
-    cumulative = np.cumsum(ratios)
-    # The smallest k with cumulative[k-1] >= 1 - t; rounding may leave the full sum a hair
-    # below 1, which must still count as "all of the variance".
-    target = min(1.0 - pca_tolerance, float(cumulative[-1]))
-    components = int(np.searchsorted(cumulative, target, side="left")) + 1
+    components = _components(ratios, 1.0 - pca_tolerance)
     return Redundancy(components, channels - components, [float(r) for r in ratios])
 
 
@@ -54,6 +68,7 @@ class Correlation:
     mean_abs_r: float | None
     abs_r_quantiles: dict[str, float] | None
     abs_r_histogram: list[int] | None = None
+    similar_units: int | None = None   # units with |r| >= SIMILAR_ABS_R to some other unit
 
 
 def correlation(covariance: np.ndarray) -> Correlation:
@@ -62,10 +77,42 @@ def correlation(covariance: np.ndarray) -> Correlation:
     live = np.flatnonzero(std > 0.0)
     if len(live) < 2:
         return Correlation(None, None)
-    sub = covariance[np.ix_(live, live)] / np.outer(std[live], std[live])
-    upper = np.abs(sub[np.triu_indices(len(live), k=1)])
-    np.clip(upper, 0.0, 1.0, out=upper)
+    sub = np.abs(covariance[np.ix_(live, live)] / np.outer(std[live], std[live]))
+    np.clip(sub, 0.0, 1.0, out=sub)
+    upper = sub[np.triu_indices(len(live), k=1)]
     values = np.quantile(upper, QUANTILES)
     histogram = np.histogram(upper, bins=HISTOGRAM_BINS, range=(0.0, 1.0))[0]
+    np.fill_diagonal(sub, 0.0)
+    similar = int((sub.max(axis=1) >= SIMILAR_ABS_R).sum())
     return Correlation(float(upper.mean()), {str(q): float(v) for q, v in zip(QUANTILES, values)},
-                       [int(c) for c in histogram])
+                       [int(c) for c in histogram], similar)
+
+
+@dataclass(frozen=True)
+class Selectivity:
+    """Class selectivity of a layer's units: (mu_max - mu_rest) / (mu_max + mu_rest), with mu_max the
+    largest class mean of a unit's activation and mu_rest the mean of its other class means
+    (Morcos et al.), for units whose class means are all >= 0 and not all 0."""
+    units: int                               # units for which it is defined
+    mean: float | None
+    quantiles: dict[str, float] | None
+    values: list[float | None]               # per unit (None where it is not defined)
+
+
+def selectivity(class_sums: np.ndarray, class_counts: np.ndarray) -> Selectivity | None:
+    """From per-class sums (classes, C) of each example's unit activations (spatial mean for conv
+    and token layers) and per-class example counts; None with fewer than two classes seen."""
+    seen = class_counts > 0
+    if seen.sum() < 2:
+        return None
+    means = class_sums[seen] / class_counts[seen, None]                     # (classes seen, C)
+    top = means.max(axis=0)
+    rest = (means.sum(axis=0) - top) / (means.shape[0] - 1)
+    defined = (means.min(axis=0) >= 0.0) & (top + rest > 0.0)
+    values = np.where(defined, (top - rest) / np.where(defined, top + rest, 1.0), np.nan)
+    kept = values[defined]
+    if not len(kept):
+        return Selectivity(0, None, None, [None] * len(values))
+    return Selectivity(int(len(kept)), float(kept.mean()),
+                       {str(q): float(v) for q, v in zip(QUANTILES, np.quantile(kept, QUANTILES))},
+                       [None if np.isnan(v) else float(v) for v in values])

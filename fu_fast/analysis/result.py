@@ -37,6 +37,10 @@ class LayerResult:
     # Where the masked copies began: the layer itself (a cut point), an earlier module output,
     # or None for the model input.
     expanded_at: str | None = None
+    components_80: int | None = None     # the fewest components explaining 80% of the variance
+    similar_units: int | None = None     # units with |r| >= 0.5 to some other unit
+    # Class selectivity of the units: {"labels": "true" | "predicted", "units", "mean", "quantiles"}
+    selectivity: dict | None = None
 
     @property
     def prunable_units(self) -> float:
@@ -66,8 +70,10 @@ class LayerResult:
             "redundancy": {"samples": self.samples, "components": self.components,
                            "redundant_units": self.redundant_units,
                            "explained_variance_ratio": self.explained_variance_ratio,
-                           "normalized": self.redundancy_normalized},
-            "correlation": {"mean_abs_r": self.mean_abs_r, "abs_r_quantiles": self.abs_r_quantiles},
+                           "normalized": self.redundancy_normalized, "components_80": self.components_80},
+            "correlation": {"mean_abs_r": self.mean_abs_r, "abs_r_quantiles": self.abs_r_quantiles,
+                            "similar_units": self.similar_units},
+            "selectivity": self.selectivity,
         }
 
     @classmethod
@@ -78,7 +84,8 @@ class LayerResult:
                    c["mean_abs_r"], c["abs_r_quantiles"], d.get("reference_units"),
                    d.get("reference_ablation_units"), unit=d.get("unit", "position"),
                    # documents from before non-cut-point layers: every layer was its own
-                   expanded_at=d.get("expanded_at", d["name"]))
+                   expanded_at=d.get("expanded_at", d["name"]), components_80=r.get("components_80"),
+                   similar_units=c.get("similar_units"), selectivity=d.get("selectivity"))
 
 
 def _mean_or_none(values: list[float | None]) -> float | None:
