@@ -351,6 +351,39 @@ def mask_rows(x: torch.Tensor, keys: list[int], thresholds: list[int], inner: in
     return data
 
 
+def _ranked_keep(x: torch.Tensor, ranks: torch.Tensor, thresholds: list[int], inner: int) -> torch.Tensor:
+    """(K, 1, units, inner)-broadcastable keep mask: unit u of copy k stays when ranks[k, u] >= thresholds[k]."""
+    limits = torch.tensor(thresholds, dtype=torch.int64, device=x.device)[:, None]
+    return (ranks.to(x.device) >= limits)[:, None, :, None]
+
+
+def expand_ranked(x: torch.Tensor, ranks: torch.Tensor, thresholds: list[int], inner: int) -> torch.Tensor:
+    """expand_masked with an explicit order per copy instead of a keyed permutation: copy k of x
+    (B, ...) zeroes the units u with ranks[k, u] < thresholds[k] (targeted ablation,
+    fu_fast.analysis.orders). Units as in expand_masked (NCHW order whatever the memory format).
+    A PyTorch composition on every device, with the kernels' semantics: ablated elements are +0.0
+    and kept ones keep their bits."""
+    batch, units = x.shape[0], x[0].numel() // inner
+    logical = x.reshape(1, batch, units, inner)
+    out = torch.where(_ranked_keep(x, ranks, thresholds, inner), logical, torch.zeros((), dtype=x.dtype,
+                                                                                      device=x.device))
+    return out.reshape((len(thresholds) * batch,) + tuple(x.shape[1:]))
+
+
+def mask_rows_ranked(x: torch.Tensor, ranks: torch.Tensor, thresholds: list[int], inner: int) -> torch.Tensor:
+    """mask_rows with an explicit order per copy (see expand_ranked): x holds K = len(thresholds)
+    copies of a batch; returns the masked copies (a new tensor)."""
+    copies = len(thresholds)
+    if copies == 0 or x.shape[0] % copies:
+        raise FuFastError(f"mask_rows_ranked: the tensor has {x.shape[0]} rows, which are not {copies} copies "
+                          "of a batch")
+    batch, units = x.shape[0] // copies, x[0].numel() // inner
+    logical = x.reshape(copies, batch, units, inner)
+    out = torch.where(_ranked_keep(x, ranks, thresholds, inner), logical, torch.zeros((), dtype=x.dtype,
+                                                                                      device=x.device))
+    return out.reshape(x.shape)
+
+
 def label_agreement(logits: torch.Tensor, base_labels: torch.Tensor, num_masks: int, *,
                     backend: str | None = None) -> torch.Tensor:
     """Per mask k, how many of the B rows logits[k*B:(k+1)*B] have argmax == base_labels

@@ -12,6 +12,7 @@ every copy of its input, as a skip connection may read it).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -21,18 +22,40 @@ from ..hooks import forward_hooks
 from .layers import Layer
 
 
-def _masked_output(layer: Layer, keys: list[int], thresholds: list[int], rows: int):
+@dataclass(frozen=True)
+class Masks:
+    """K masks of one layer: mask k zeroes the units ranked below thresholds[k], ranked by the keyed
+    random permutation keys[k] or, for targeted ablation, by the rank table row ranks[k]."""
+    thresholds: list[int]
+    keys: list[int] | None = None
+    ranks: torch.Tensor | None = None     # (K, n) int64
+
+    def __len__(self) -> int:
+        return len(self.thresholds)
+
+    def expand(self, view: torch.Tensor, inner: int) -> torch.Tensor:
+        if self.ranks is None:
+            return kernels.expand_masked(view, self.keys, self.thresholds, inner)
+        return kernels.expand_ranked(view, self.ranks, self.thresholds, inner)
+
+    def mask(self, view: torch.Tensor, inner: int) -> torch.Tensor:
+        if self.ranks is None:
+            return kernels.mask_rows(view, self.keys, self.thresholds, inner)
+        return kernels.mask_rows_ranked(view, self.ranks, self.thresholds, inner)
+
+
+def _masked_output(layer: Layer, masks: Masks, rows: int):
     """The hook on the layer: expand its output of ``rows`` rows into the masked copies, or mask
     the K copies that arrive (copies made earlier, K*rows rows)."""
     def hook(_module, inputs, output):
         view, inner = layer.masked_view(output)
         if output.shape[0] == rows:
-            return layer.from_masked_view(kernels.expand_masked(view, keys, thresholds, inner))
+            return layer.from_masked_view(masks.expand(view, inner))
         if any(isinstance(i, torch.Tensor) and _shares_memory(i, output) for i in inputs):
             # An output that is its input (an in-place activation, Identity, Dropout in eval) may
             # also feed a skip connection: mask a copy, never the tensor the other path reads.
             view = view.clone(memory_format=torch.preserve_format)
-        return layer.from_masked_view(kernels.mask_rows(view, keys, thresholds, inner))
+        return layer.from_masked_view(masks.mask(view, inner))
     return hook
 
 
@@ -58,21 +81,22 @@ def _first_copy(copies: int, rows: int):
 
 
 def masked_forward(forward: Callable[[torch.Tensor], torch.Tensor], layer: Layer, inputs: torch.Tensor,
-                   keys: list[int], thresholds: list[int], hooks: Iterable = ()) -> torch.Tensor:
-    """The logits of len(keys) masked copies of the batch (K*B rows, copy k masked by keys[k] and
-    thresholds[k] at the layer), by one forward (a function from inputs to logits); ``hooks``
-    are other (module, hook) pairs held during that forward."""
+                   masks: Masks, hooks: Iterable = ()) -> torch.Tensor:
+    """The logits of len(masks) masked copies of the batch (K*B rows, copy k masked by mask k at
+    the layer), by one forward (a function from inputs to logits); ``hooks`` are other (module,
+    hook) pairs held during that forward."""
     rows = inputs.shape[0]
-    hooks = [layer.hook(_masked_output(layer, keys, thresholds, rows)), *hooks]
+    copies = len(masks)
+    hooks = [layer.hook(_masked_output(layer, masks, rows)), *hooks]
     pre_hooks = []
     start = layer.copies_from
     if start is not None:
         if start.module is not None:
-            hooks.insert(0, start.hook(_copies(len(keys))))
+            hooks.insert(0, start.hook(_copies(copies)))
         else:
-            inputs = torch.cat([inputs] * len(keys))
-        if len(keys) > 1 and not getattr(layer.module, "inplace", False):
-            pre_hooks.append(layer.hook(_first_copy(len(keys), rows)))
+            inputs = torch.cat([inputs] * copies)
+        if copies > 1 and not getattr(layer.module, "inplace", False):
+            pre_hooks.append(layer.hook(_first_copy(copies, rows)))
     with forward_hooks(hooks, kwargs_pre_hooks=pre_hooks):
         return forward(inputs)
 

@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from .. import kernels
 from ..devices import resolve_device
+from ..hooks import forward_hooks
 from ..errors import FuFastError, integer_setting
-from . import ablation, layers as layer_lib, masks, pca
+from . import ablation, layers as layer_lib, masks, orders as order_lib, pca
 from .covariance import CovarianceAccumulator, PositionSample
 from .inputs import Batches
 from .outputs import forward_to_logits
@@ -51,7 +53,8 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None,
             memory_budget: int | None = None, model_info: dict | None = None,
             data_info: dict | None = None, trial: int | None = None,
             progress: Callable[[int, int], None] | None = None, distributed: bool | None = None,
-            logits: Callable | None = None, token_mask: Callable | None = None) -> AnalysisResult:
+            logits: Callable | None = None, token_mask: Callable | None = None,
+            orders: Sequence[str] = ("random",)) -> AnalysisResult:
     """Prunability, redundancy and correlations of a model's layers, in one pass over data.
 
     Args:
@@ -97,9 +100,14 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None,
             object with ``.logits``, which are found without it.
         token_mask: for token logits, a function from a batch of inputs to a (batch, tokens) bool
             tensor, True for the tokens that count (not padding).
+        orders: the ablation orders: "random" (the keyed random orders of the prunable fraction;
+            always included) and targeted ones, "activation", "weight_norm", "redundancy",
+            "selectivity" and each "<order>_reverse" (fu_fast.analysis.orders). Orders that read
+            the data take their statistics from a first pass, so the data is read twice.
     """
     settings = AnalysisSettings(tolerance=tolerance, pca_tolerance=pca_tolerance, repeats=repeats, levels=levels,
                                 sample_cap=sample_cap, unit=unit, seed=seed)
+    orders = order_lib.check_orders(orders)
     if batch_size is not None:
         batch_size = integer_setting(batch_size, "batch_size")
     if isinstance(layers, str):
@@ -126,9 +134,7 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None,
         with torch.inference_mode(), _numerics(device, precision), _module_by_module():
             passes, skipped, predictions, correct = _one_pass(model, batches, layers, settings, device, dtype,
                                                               channels_last, memory_budget, progress, logits,
-                                                              token_mask)
-            if group is not None:
-                _combine(passes, predictions, correct, device)
+                                                              token_mask, orders, group)
     finally:
         for module, training in was_training.items():
             module.train(training)
@@ -138,6 +144,7 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None,
         raise FuFastError("token_mask left no token of the data to compare")
     selectivity_labels = "true" if batches.labels_known else "predicted"
     results = {p.layer.name: _layer_result(p, settings, predictions, selectivity_labels) for p in passes}
+    record_orders = {"orders": list(orders)} if orders != ("random",) else {}
 
     # Zoo models and data sets describe themselves (fu_fast.models, fu_fast.data).
     info = dict(model_info or getattr(model, "fu_fast_config", None) or {})
@@ -149,7 +156,7 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None,
                  or {})
     data_doc = {"name": dinfo.pop("name", batches.name), "examples": batches.examples, "predictions": predictions,
                 "split": dinfo.pop("split", "given"), "options": dinfo.pop("options", {})}
-    record = {**settings.record(), "precision": precision, "device": str(device)}
+    record = {**settings.record(), **record_orders, "precision": precision, "device": str(device)}
     return AnalysisResult(
         model=model_doc, data=data_doc, settings=record, layers=results, trial=trial, skipped_layers=skipped,
         timing={"seconds": time.perf_counter() - started, "passes_over_data": batches.passes},
@@ -170,24 +177,45 @@ class LayerPass:
     class_sums: torch.Tensor | None = None
     class_counts: torch.Tensor | None = None
     batch_means: torch.Tensor | None = None   # this batch's per-example unit means, float64
+    ordered: order_lib.OrderedMasks | None = None   # targeted orders' masks and counts
+    element_sums: torch.Tensor | None = None  # per ablation unit, the sum of its activations (activation order)
+    feeding: bool = True                      # whether this pass over the data feeds the statistics
+    statistics: dict = field(default_factory=dict)   # order statistics known before the data (weight norms)
 
-    def chunks(self, rows: int, budget: int) -> Iterator[tuple[int, int]]:
-        """Mask ranges [start, stop) whose expanded passes over ``rows`` rows fit the budget."""
-        chunk = max(1, min(self.plan.num_masks, budget // max(1, rows * self.layer.suffix_bytes_per_row)))
-        for start in range(0, self.plan.num_masks, chunk):
-            yield start, min(start + chunk, self.plan.num_masks)
+    def chunks(self, rows: int, budget: int) -> Iterator[tuple[ablation.Masks, torch.Tensor, torch.Tensor]]:
+        """(masks, counts, index) per group of masks whose expanded passes over ``rows`` rows fit the
+        budget: the random orders' masks, then the targeted orders'; each mask's agreement goes to
+        counts[index]."""
+        size = max(1, budget // max(1, rows * self.layer.suffix_bytes_per_row))
+        keys, thresholds = list(self.plan.keys), list(self.plan.thresholds)
+        for start in range(0, len(keys), size):
+            stop = min(start + size, len(keys))
+            yield (ablation.Masks(thresholds[start:stop], keys=keys[start:stop]), self.counts,
+                   torch.arange(start, stop, device=self.counts.device))
+        if self.ordered is not None:
+            ranks, ordered_thresholds, where = self.ordered.mask_table()
+            for start in range(0, len(where), size):
+                stop = min(start + size, len(where))
+                yield (ablation.Masks(ordered_thresholds[start:stop], ranks=ranks[start:stop]), self.ordered.counts,
+                       torch.tensor(where[start:stop], device=self.counts.device))
 
     def feed(self, output: torch.Tensor, first_example: int, rows: int) -> None:
         """Merge the sampled positions of the unmasked rows (the first ``rows``) into the moments,
         and keep each example's unit means for the class sums."""
+        if not self.feeding:
+            return
         view = self.layer.channels_view(output[:rows])
         self.moments.update(view, self.sample.rows_in_batch(first_example, rows))
+        if self.element_sums is not None:   # in the numbering of the ablation units (NCHW, or t*D + d)
+            self.element_sums += output[:rows].sum(dim=0, dtype=torch.float64).flatten()
         self.batch_means = view.double() if view.dim() == 2 else \
             view.sum(dim=(2, 3), dtype=torch.float64) / (view.shape[2] * view.shape[3])
 
     def add_classes(self, classes: torch.Tensor, count: int) -> None:
         """Add this batch's unit means to the sums of their examples' classes; a label outside
         0 .. count-1 (not one of the model's classes) counts nowhere (checked without a sync)."""
+        if not self.feeding:
+            return
         if self.class_sums is None:
             self.class_sums = torch.zeros(count, self.layer.units, dtype=torch.float64, device=classes.device)
             self.class_counts = torch.zeros(count, dtype=torch.float64, device=classes.device)
@@ -199,52 +227,125 @@ class LayerPass:
 
 
 def _one_pass(model, batches, layer_names, settings: AnalysisSettings, device, dtype, channels_last, memory_budget,
-              progress, logits, token_mask) -> tuple[list[LayerPass], list[dict], torch.Tensor, torch.Tensor]:
+              progress, logits, token_mask, orders, group) -> tuple[list[LayerPass], list[dict], torch.Tensor,
+                                                                    torch.Tensor]:
     """Per batch, one expanded pass per analysed layer (the first one also yields the base labels
-    and every layer's moments); returns the layers' records, the candidates skipped, the number of
-    predictions compared (examples, or tokens) and the count of correct labels."""
-    passes, skipped = _plan(model, batches, layer_names, settings, device, dtype, channels_last, logits)
+    and every layer's statistics); returns the layers' records, the candidates skipped, the number
+    of predictions compared (examples, or tokens) and the count of correct labels. Targeted orders
+    that read the data get a first pass for the statistics, and the ablation pass reuses them."""
+    passes, skipped = _plan(model, batches, layer_names, settings, device, dtype, channels_last, logits, orders)
     forward = forward_to_logits(model, logits)
-    # Accumulated on the device: the loop never waits for the GPU, so data loading, copies and
-    # kernels overlap; non-finite values are found in the moments once the pass is over.
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    predictions = torch.zeros((), dtype=torch.int64, device=device)
-    output_finite = torch.ones((), dtype=torch.bool, device=device)
-    budget = memory_budget or _default_budget(device)
     if device.type == "cpu":
         # Rows for expanded passes of about CPU_PASS_BYTES: per-batch overheads are small, and the
         # allocator hands the same pages back batch after batch (writing a fresh 100 MB buffer costs
         # more in page faults than in copying). No result depends on the batch size.
         per_row = max(p.layer.suffix_bytes_per_row * (p.plan.num_masks + 1) for p in passes)
         batches.resize(max(CPU_MIN_ROWS, CPU_PASS_BYTES // max(1, per_row)))
+    if order_lib.needs_data(orders):
+        _statistics_pass(forward, batches, passes, device, dtype, channels_last, token_mask)
+        batches.passes += 1
+        if group is not None:
+            _combine_statistics(passes, device)
+        _check_finite_statistics(passes)
+        for layer_pass in passes:
+            layer_pass.feeding = False
+            _rank_orders(layer_pass, batches.examples, device)
+    predictions, correct = _ablation_pass(forward, batches, passes, device, dtype, channels_last,
+                                          memory_budget or _default_budget(device), progress, token_mask)
+    if group is not None:
+        _combine_counts(passes, predictions, correct, device)
+        if not order_lib.needs_data(orders):
+            _combine_statistics(passes, device)
+    _check_finite_statistics(passes)
+    return passes, skipped, predictions, correct
+
+
+def _ablation_pass(forward, batches, passes: list[LayerPass], device, dtype, channels_last, budget, progress,
+                   token_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pass with the masks (and, unless a first pass did, the statistics); returns the number of
+    predictions and of correct labels, accumulated on the device: the loop never waits for the
+    GPU, so data loading, copies and kernels overlap."""
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    predictions = torch.zeros((), dtype=torch.int64, device=device)
+    output_finite = torch.ones((), dtype=torch.bool, device=device)
     lead = min(passes, key=lambda p: p.layer.position)   # computed first in a forward pass
     first = batches.offset                                # global index of the batch's first example
     for x, labels in _device_batches(batches, device, dtype, channels_last):
         rows = x.shape[0]
         base = None
         for layer_pass in [lead] + [p for p in passes if p is not lead]:
-            for start, stop in layer_pass.chunks(rows, budget):
-                if base is None:
-                    base, counted, finite, classes = _lead_pass(forward, x, passes, lead, start, stop, first,
-                                                                token_mask)
+            for chunk in layer_pass.chunks(rows, budget):
+                if base is None:   # the first chunk is the lead's random masks: keyed
+                    base, counted, finite, classes = _lead_pass(forward, x, passes, lead, chunk, first, token_mask)
                     output_finite &= finite
                     predictions += counted
                     if labels is not None:
                         correct += _correct(base, labels)
-                    if base.numel() == rows:   # one prediction per example: class means of the units
-                        for p in passes:   # by the data's labels, or without them the predictions
-                            p.add_classes(labels if labels is not None else base, classes)
+                    _add_classes(passes, base, labels, rows, classes)
                     continue
-                _masked_pass(forward, x, base, layer_pass, start, stop)
+                _masked_pass(forward, x, base, layer_pass.layer, chunk)
         first += rows
         if progress is not None:
             progress(first - batches.offset, batches.stop - batches.offset)
+    if not bool(output_finite):
+        raise FuFastError("the model's output contains NaN or infinite values")
+    return predictions, correct
+
+
+def _statistics_pass(forward, batches, passes: list[LayerPass], device, dtype, channels_last, token_mask) -> None:
+    """The first pass of an analysis with data-dependent orders: every layer's moments, class sums
+    and activation sums, from plain forwards."""
+    first = batches.offset
+    for x, labels in _device_batches(batches, device, dtype, channels_last):
+        rows = x.shape[0]
+        with forward_hooks([p.layer.hook(_feeder(p, first, rows)) for p in passes]):
+            logits = _predictions(forward(x), 1, rows)
+        _add_classes(passes, logits.argmax(dim=1), labels, rows, logits.shape[1])
+        first += rows
+
+
+def _feeder(layer_pass: LayerPass, first_example: int, rows: int):
+    """The hook feeding a layer's statistics from the unmasked rows of a pass."""
+    def hook(_module, _inputs, output):
+        layer_pass.feed(output, first_example, rows)
+    return hook
+
+
+def _add_classes(passes: list[LayerPass], base: torch.Tensor, labels, rows: int, classes: int) -> None:
+    """Class sums for selectivity, by the data's labels or else the predictions; with one
+    prediction per example only."""
+    if base.numel() == rows:
+        for layer_pass in passes:
+            layer_pass.add_classes(labels if labels is not None else base, classes)
+
+
+def _check_finite_statistics(passes: list[LayerPass]) -> None:
     for layer_pass in passes:   # the layers first: they name where a NaN or infinity came from
         if not layer_pass.moments.finite():
             raise FuFastError(f"layer '{layer_pass.layer.name}' produced NaN or infinite activations")
-    if not bool(output_finite):
-        raise FuFastError("the model's output contains NaN or infinite values")
-    return passes, skipped, predictions, correct
+
+
+def _rank_orders(layer_pass: LayerPass, examples: int, device) -> None:
+    """The rank tables of a layer's targeted orders, from the statistics of the first pass."""
+    if layer_pass.ordered is None:
+        return
+    layer = layer_pass.layer
+    statistics = dict(layer_pass.statistics)
+    element_mean = (layer_pass.element_sums / examples).cpu().numpy()
+    statistics["element_mean"] = element_mean
+    if layer.kind == "linear":
+        statistics["channel_mean"] = element_mean
+    elif layer.kind == "token":
+        statistics["channel_mean"] = element_mean.reshape(layer.spatial, layer.units).mean(axis=0)
+    else:
+        statistics["channel_mean"] = element_mean.reshape(layer.units, layer.spatial).mean(axis=1)
+    covariance = layer_pass.moments.covariance()
+    statistics["mean_abs_r"] = pca.mean_abs_r_per_unit(covariance)
+    if layer_pass.class_sums is not None:
+        chosen = pca.selectivity(layer_pass.class_sums.cpu().numpy(), layer_pass.class_counts.cpu().numpy())
+        if chosen is not None:
+            statistics["selectivity"] = np.array([np.nan if v is None else v for v in chosen.values])
+    layer_pass.ordered.ranks = order_lib.rank_table(layer_pass.ordered.orders, layer, statistics, device)
 
 
 def _correct(base: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -256,7 +357,7 @@ def _correct(base: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def _plan(model, batches, layer_names, settings: AnalysisSettings, device, dtype, channels_last,
-          logits) -> tuple[list[LayerPass], list[dict]]:
+          logits, orders) -> tuple[list[LayerPass], list[dict]]:
     """The analysed layers, checked on the first batch, with their masks and position samples."""
     probe = _prepare(batches.first(), device, dtype, channels_last)
     try:
@@ -273,13 +374,24 @@ def _plan(model, batches, layer_names, settings: AnalysisSettings, device, dtype
         cap = settings.sample_cap if layer.kind != "linear" else None
         sample = PositionSample(batches.examples, layer.spatial, cap, masks.sampling_seed(settings.seed, layer.name),
                                 device)
-        passes.append(LayerPass(layer, plan, sample, CovarianceAccumulator(layer.units, device),
-                                torch.zeros(plan.num_masks, dtype=torch.int64, device=device)))
+        layer_pass = LayerPass(layer, plan, sample, CovarianceAccumulator(layer.units, device),
+                               torch.zeros(plan.num_masks, dtype=torch.int64, device=device))
+        layer_pass.ordered = order_lib.OrderedMasks.build(orders, layer.ablation_units, settings.grid, device)
+        if layer_pass.ordered is not None:
+            layer_pass.element_sums = torch.zeros(layer.units * layer.spatial, dtype=torch.float64, device=device)
+            if any(o.startswith("weight_norm") for o in orders):
+                channel, element = order_lib.outgoing_weight_norms(model, layer, forward_to_logits(model, logits),
+                                                                   probe[:PROBE_ROWS])
+                layer_pass.statistics.update(weight_norm=channel, element_weight_norm=element)
+            if not order_lib.needs_data(orders):
+                layer_pass.ordered.ranks = order_lib.rank_table(layer_pass.ordered.orders, layer,
+                                                                layer_pass.statistics, device)
+        passes.append(layer_pass)
     return passes, skipped
 
 
-def _lead_pass(forward, x, passes: list[LayerPass], lead: LayerPass, start: int, stop: int, first_example: int,
-               token_mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _lead_pass(forward, x, passes: list[LayerPass], lead: LayerPass, chunk, first_example: int,
+               token_mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """The pass of the first computed layer, with the base forward folded in: its first copy is
     the unmasked batch (a mask of threshold 0 ablates nothing), so the part before the copies
     runs once for both and the base labels come out of the same pass; every layer's hook feeds
@@ -287,34 +399,31 @@ def _lead_pass(forward, x, passes: list[LayerPass], lead: LayerPass, start: int,
     token out), the number of predictions compared, whether the base logits are finite, and the
     number of classes."""
     rows = x.shape[0]
-    keys, thresholds = [0, *lead.plan.keys[start:stop]], [0, *lead.plan.thresholds[start:stop]]
-
-    def feed(layer_pass: LayerPass):
-        def hook(_module, _inputs, output):
-            layer_pass.feed(output, first_example, rows)
-        return hook
+    chunk_masks, counts, index = chunk
+    with_base = ablation.Masks([0, *chunk_masks.thresholds], keys=[0, *chunk_masks.keys])
 
     with _layer_errors(lead.layer.name):
-        logits = _predictions(ablation.masked_forward(forward, lead.layer, x, keys, thresholds,
-                                                      [p.layer.hook(feed(p)) for p in passes]), len(keys), rows)
-        tokens = logits.shape[0] // (len(keys) * rows)
+        logits = _predictions(ablation.masked_forward(forward, lead.layer, x, with_base,
+                                                      [p.layer.hook(_feeder(p, first_example, rows)) for p in passes]),
+                              len(with_base), rows)
+        tokens = logits.shape[0] // (len(with_base) * rows)
         base = logits[:rows * tokens].argmax(dim=1)
         counted = torch.full((), rows * tokens, dtype=torch.int64, device=x.device)
         if token_mask is not None:
             kept = _token_mask(token_mask, x, rows, tokens)
             base = base.masked_fill(~kept, -1)   # never an argmax: a padding token never agrees
             counted = kept.sum()
-        lead.counts[start:stop] += kernels.label_agreement(logits[rows * tokens:], base, stop - start)
+        counts.index_add_(0, index, kernels.label_agreement(logits[rows * tokens:], base, len(chunk_masks)))
     return base, counted, torch.isfinite(logits[:rows * tokens]).all(), logits.shape[1]
 
 
-def _masked_pass(forward, x, base: torch.Tensor, layer_pass: LayerPass, start: int, stop: int) -> None:
-    """One forward with the layer's output replaced by its masked copies [start, stop)."""
-    keys, thresholds = list(layer_pass.plan.keys[start:stop]), list(layer_pass.plan.thresholds[start:stop])
-    with _layer_errors(layer_pass.layer.name):
-        logits = _predictions(ablation.masked_forward(forward, layer_pass.layer, x, keys, thresholds), len(keys),
-                              x.shape[0])
-        layer_pass.counts[start:stop] += kernels.label_agreement(logits, base, len(keys))
+def _masked_pass(forward, x, base: torch.Tensor, layer: layer_lib.Layer, chunk) -> None:
+    """One forward with the layer's output replaced by a chunk's masked copies; their agreement
+    counts are added where the chunk says."""
+    chunk_masks, counts, index = chunk
+    with _layer_errors(layer.name):
+        logits = _predictions(ablation.masked_forward(forward, layer, x, chunk_masks), len(chunk_masks), x.shape[0])
+        counts.index_add_(0, index, kernels.label_agreement(logits, base, len(chunk_masks)))
 
 
 def _predictions(logits: torch.Tensor, copies: int, rows: int) -> torch.Tensor:
@@ -369,7 +478,11 @@ def _layer_result(layer_pass: LayerPass, settings: AnalysisSettings, predictions
         abs_r_quantiles=corr.abs_r_quantiles, abs_r_histogram=corr.abs_r_histogram, unit=layer.unit,
         expanded_at=layer.expansion_point, components_80=red.components_for(0.8), similar_units=corr.similar_units,
         selectivity=None if chosen is None else {"labels": selectivity_labels, "units": chosen.units,
-                                                 "mean": chosen.mean, "quantiles": chosen.quantiles})
+                                                 "mean": chosen.mean, "quantiles": chosen.quantiles},
+        orders=None if layer_pass.ordered is None else {
+            order: {"curve": curve, "prunable_fraction": ablation.prunable_fraction(settings.grid, curve,
+                                                                                   settings.tolerance)}
+            for order, curve in layer_pass.ordered.curves(predictions).items()})
 
 
 def _device_batches(batches, device: torch.device, dtype, channels_last: bool
@@ -453,23 +566,21 @@ def _process_group(distributed: bool | None):
     return dist.group.WORLD if (running if distributed is None else distributed) else None
 
 
-def _combine(passes: list[LayerPass], predictions: torch.Tensor, correct: torch.Tensor, device: torch.device) -> None:
-    """Sum the agreement counts, predictions and correct labels over processes (in place); merge
-    the covariances in rank order, so every process ends with the same moments."""
-    # NCCL communicates GPU tensors; gloo, CPU ones.
-    comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
-    flat = torch.cat([p.counts for p in passes] + [predictions.reshape(1), correct.reshape(1)]).to(comm)
-    dist.all_reduce(flat)
-    for layer_pass, summed in zip(passes, flat[:-2].split([len(p.counts) for p in passes])):
-        layer_pass.counts.copy_(summed)
-    predictions.copy_(flat[-2])
-    correct.copy_(flat[-1])
-    for layer_pass in passes:
-        if layer_pass.class_sums is not None:   # every process saw a batch, so every one has them
-            for tensor in (layer_pass.class_sums, layer_pass.class_counts):
-                summed = tensor.to(comm)
-                dist.all_reduce(summed)
-                tensor.copy_(summed)
+def _combine_counts(passes: list[LayerPass], predictions: torch.Tensor, correct: torch.Tensor,
+                    device: torch.device) -> None:
+    """Sum the agreement counts, predictions and correct labels over processes (in place)."""
+    counts = [p.counts for p in passes] + [p.ordered.counts for p in passes if p.ordered is not None]
+    summed = _all_reduce(torch.cat(counts + [predictions.reshape(1), correct.reshape(1)]), device)
+    for tensor, part in zip(counts, summed[:-2].split([len(c) for c in counts])):
+        tensor.copy_(part)
+    predictions.copy_(summed[-2])
+    correct.copy_(summed[-1])
+
+
+def _combine_statistics(passes: list[LayerPass], device: torch.device) -> None:
+    """Merge the covariances in rank order, so every process ends with the same moments, and sum
+    the class and activation sums (in place)."""
+    comm = _comm_device(device)
     for layer_pass in passes:
         moments = layer_pass.moments
         state = moments.state().to(comm)
@@ -478,7 +589,23 @@ def _combine(passes: list[LayerPass], predictions: torch.Tensor, correct: torch.
         merged = CovarianceAccumulator(moments.mean.numel())
         for other in gathered:
             merged.merge_state(other.cpu())
-        moments.count, moments.mean, moments.comoment = merged.count, merged.mean, merged.comoment
+        moments.count, moments.mean, moments.comoment = (t.to(moments.mean.device) for t in
+                                                         (merged.count, merged.mean, merged.comoment))
+        # Every process saw a batch, so every one has the class sums when any has.
+        for tensor in (layer_pass.class_sums, layer_pass.class_counts, layer_pass.element_sums):
+            if tensor is not None:
+                tensor.copy_(_all_reduce(tensor, device))
+
+
+def _comm_device(device: torch.device) -> torch.device:
+    # NCCL communicates GPU tensors; gloo, CPU ones.
+    return device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def _all_reduce(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    summed = tensor.to(_comm_device(device))
+    dist.all_reduce(summed)
+    return summed.to(tensor.device)
 
 
 def _prepare(inputs: torch.Tensor, device, dtype, channels_last: bool = False) -> torch.Tensor:

@@ -88,6 +88,19 @@ def correlation(covariance: np.ndarray) -> Correlation:
                        [int(c) for c in histogram], similar)
 
 
+def mean_abs_r_per_unit(covariance: np.ndarray) -> np.ndarray:
+    """Each unit's mean |r| to the other units that vary; NaN for a unit that does not vary."""
+    std = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
+    live = std > 0.0
+    result = np.full(len(std), np.nan)
+    if live.sum() < 2:
+        return result
+    r = np.abs(covariance[np.ix_(live, live)] / np.outer(std[live], std[live]))
+    np.fill_diagonal(r, 0.0)
+    result[live] = np.clip(r, 0.0, 1.0).sum(axis=1) / (live.sum() - 1)
+    return result
+
+
 @dataclass(frozen=True)
 class Selectivity:
     """Class selectivity of a layer's units: (mu_max - mu_rest) / (mu_max + mu_rest), with mu_max the

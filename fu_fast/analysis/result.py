@@ -41,6 +41,8 @@ class LayerResult:
     similar_units: int | None = None     # units with |r| >= 0.5 to some other unit
     # Class selectivity of the units: {"labels": "true" | "predicted", "units", "mean", "quantiles"}
     selectivity: dict | None = None
+    # Targeted ablation: {order: {"curve": [...], "prunable_fraction": p}} (fu_fast.analysis.orders)
+    orders: dict | None = None
 
     @property
     def prunable_units(self) -> float:
@@ -74,6 +76,7 @@ class LayerResult:
             "correlation": {"mean_abs_r": self.mean_abs_r, "abs_r_quantiles": self.abs_r_quantiles,
                             "similar_units": self.similar_units},
             "selectivity": self.selectivity,
+            **({"orders": self.orders} if self.orders is not None else {}),
         }
 
     @classmethod
@@ -85,7 +88,7 @@ class LayerResult:
                    d.get("reference_ablation_units"), unit=d.get("unit", "position"),
                    # documents from before non-cut-point layers: every layer was its own
                    expanded_at=d.get("expanded_at", d["name"]), components_80=r.get("components_80"),
-                   similar_units=c.get("similar_units"), selectivity=d.get("selectivity"))
+                   similar_units=c.get("similar_units"), selectivity=d.get("selectivity"), orders=d.get("orders"))
 
 
 def _mean_or_none(values: list[float | None]) -> float | None:
