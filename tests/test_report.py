@@ -11,6 +11,7 @@ import torch
 
 import fu_fast
 from fu_fast.report import FIGURES, summarize, write_report
+from fu_fast.report.paper import DEFAULT_FIGURES
 from fu_fast.report.tables import markdown
 
 WIDTHS = [0.25, 0.5, 1.0, 2.0, 4.0]
@@ -160,6 +161,9 @@ def _stats(values):
 
 
 QUANTITIES = ["prunability", "redundancy", "non_prunable", "non_redundant"]
+# The figures of every width sweep: FIGURES less the epochs figure (a sweep with epochs_after only), and the
+# paper's width-series layout (a sweep not made from a preset).
+WIDTH_FIGURES = [name for name in FIGURES if name != "epochs"] + [spec.name for spec in DEFAULT_FIGURES]
 HALF_ULP = 0.5e-4 + 1e-12   # numbers are printed with 4 decimals
 
 
@@ -240,7 +244,10 @@ def test_gain_ranges_bound_every_curve(sweep):
 def test_every_figure_is_a_png_and_a_pdf(sweep):
     from matplotlib.image import imread
 
-    for name in FIGURES:
+    assert not (sweep / "report" / "epochs.png").exists()   # no epochs_after: no epochs figure
+    summary = (sweep / "report" / "summary.md").read_text()
+    assert "[table1.md](table1.md)" in summary and (sweep / "report" / "table1.md").read_text().startswith("# Table 1")
+    for name in WIDTH_FIGURES:
         png, pdf = sweep / "report" / f"{name}.png", sweep / "report" / f"{name}.pdf"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         image = imread(png)
@@ -283,7 +290,7 @@ def test_series_without_a_4x_member_falls_back_to_unit_counts(tmp_path):
     _check_series_table(_sections(markdown)["mlp init=gaussian:0.5"], expected)
     default = markdown[markdown.index("## mlp init=default"):markdown.index("## mlp init=gaussian:0.5")]
     assert "| prunability | redundancy |" in default and "Not normalised" not in default
-    for name in FIGURES:
+    for name in WIDTH_FIGURES:
         assert (folder / f"{name}.png").stat().st_size > 0
 
 

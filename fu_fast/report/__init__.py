@@ -4,8 +4,10 @@
     numbers = summarize("runs/mlp-synthetic")      # the numbers, no files
     folder = write_report("runs/mlp-synthetic")    # runs/mlp-synthetic/report/
 
-The folder holds summary.md, report.json (summarize()'s dict, unrounded) and each figure
-the data supports as PNG and PDF.
+The folder holds summary.md, report.json (summarize()'s dict, unrounded), table1.md (the paper's
+Table 1: training details and accuracy per width, from the members' run.json), the paper's figures of
+the sweep's preset (fu_fast.report.paper: panel specs drawn by one renderer) and each other figure the
+data supports (FIGURES), all as PNG and PDF.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import json
 from pathlib import Path
 
 from ..atomic import write_atomic
+from ..errors import FuFastError
 from .figures import FIGURES, write_figures
+from .paper import write_paper_figures
+from .table1 import TABLE1_FILE, table1_markdown
 from .tables import load_sweep, markdown, summarize_sweep
 
 REPORT_DIR = "report"
@@ -30,9 +35,20 @@ def write_report(sweep_dir: str | Path) -> Path:
     sweep = load_sweep(sweep_dir)
     summary = summarize_sweep(sweep)
     folder = Path(sweep_dir) / REPORT_DIR
+    if folder.is_symlink() or (folder.exists() and not folder.resolve().is_relative_to(Path(sweep_dir).resolve())):
+        raise FuFastError(f"{folder} is a link: the report is written only inside the sweep directory; "
+                          f"remove the link")
+    if folder.exists() and not folder.is_dir():
+        raise FuFastError(f"cannot write the report into {folder}: it exists and is not a directory")
+    paper = write_paper_figures(sweep, folder)
     figures = write_figures(sweep, summary, folder)
+    write_atomic(folder / TABLE1_FILE, table1_markdown(sweep))
     write_atomic(folder / "report.json", json.dumps(summary, indent=1, allow_nan=False) + "\n")
-    write_atomic(folder / "summary.md", markdown(summary, figures))
+    damaged = [(e.id, e.run_problem) for e in sweep.entries if e.run_problem is not None]
+    write_atomic(folder / "summary.md", markdown(summary, figures, table1=TABLE1_FILE, damaged_runs=damaged,
+                                                 paper_figures=[(spec.name, f"{spec.paper}: {spec.title}")
+                                                                for spec in paper],
+                                                 reference_width=sweep.reference_width))
     return folder
 
 

@@ -1,5 +1,7 @@
-"""The report's figures, after the paper: Fig. 1 (accuracy), Fig. 2 (ablation curves, |r| violins),
-Figs. 3-4 (prunability, redundancy, network and per layer), Figs. E1-E3 (parameters, complements).
+"""The report's own figures (FIGURES), drawn for every sweep: accuracy, ablation curves, |r| violins,
+prunability and redundancy (network and per layer), non-frivolous units, parameters, and the epochs figure
+(fu_fast.report.epochs) where that module exists. The paper's figures of a preset are panel specs drawn by
+fu_fast.report.paper, which uses the helpers here.
 
 Figures are drawn on matplotlib.figure.Figure directly, which needs no pyplot and no
 interactive backend; each is written as PNG and PDF, atomically. A figure the data does not
@@ -31,25 +33,29 @@ def write_figures(sweep: Sweep, summary: dict, out_dir: Path) -> list[str]:
     written = []
     for name, draw in FIGURES.items():
         fig = draw(sweep, summary)
-        for ext in ("png", "pdf"):
-            path = out_dir / f"{name}.{ext}"
-            if fig is None:   # a figure of an earlier report that the data no longer supports
-                path.unlink(missing_ok=True)
-                continue
-            with atomic_file(path) as f:
-                # No creation date in the PDF, so the same sweep gives the same file.
-                fig.savefig(f, format=ext, dpi=DPI, metadata={"CreationDate": None} if ext == "pdf" else None)
-        if fig is not None:
-            written.append(name)
+        if fig is None:   # a figure of an earlier report that the data no longer supports
+            for ext in ("png", "pdf"):
+                (out_dir / f"{name}.{ext}").unlink(missing_ok=True)
+            continue
+        save_figure(fig, out_dir, name)
+        written.append(name)
     return written
+
+
+def save_figure(fig: Figure, out_dir: Path, name: str) -> None:
+    """``fig`` as out_dir/name.png and out_dir/name.pdf, each written atomically."""
+    for ext in ("png", "pdf"):
+        with atomic_file(out_dir / f"{name}.{ext}") as f:
+            # No creation date in the PDF, so the same sweep gives the same file.
+            fig.savefig(f, format=ext, dpi=DPI, metadata={"CreationDate": None} if ext == "pdf" else None)
 
 
 # ----------------------------------------------------------------------------------------- helpers
 
-def _panels(count: int, title: str | None, width: float = 5.0, height: float = 4.0):
-    """A figure with ``count`` axes in a grid of at most 3 columns (unused cells removed);
+def _panels(count: int, title: str | None, width: float = 5.0, height: float = 4.0, columns: int = 3):
+    """A figure with ``count`` axes in a grid of at most ``columns`` columns (unused cells removed);
     ``title`` over them all (None for a single panel, whose own title says it all)."""
-    cols = min(3, count)
+    cols = max(1, min(columns, count))
     rows = math.ceil(count / cols)
     fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
@@ -97,12 +103,12 @@ def _range_text(span: dict | None) -> str:
     return "" if span is None else f" (g_min = {fmt_gain(span['min'])}, g_max = {fmt_gain(span['max'])})"
 
 
-def _ylabel(quantity: str, series: list[dict]) -> str:
+def _ylabel(quantity: str, series: list[dict], reference: float = 4.0) -> str:
     if all(s["normalized"] for s in series):
-        return f"{HEADERS[True][quantity]} (÷ units of the 4x layer)"
+        return f"{HEADERS[True][quantity]} (÷ units of the {reference:g}x layer)"
     if not any(s["normalized"] for s in series):
-        return f"{HEADERS[False][quantity]} (no 4x member: not normalised)"
-    return f"{HEADERS[True][quantity]} (÷ 4x units; [units]: not normalised)"
+        return f"{HEADERS[False][quantity]} (no {reference:g}x member: not normalised)"
+    return f"{HEADERS[True][quantity]} (÷ {reference:g}x units; [units]: not normalised)"
 
 
 def _series_label(s: dict, mixed: bool, g: float | None) -> str:
@@ -114,7 +120,7 @@ def _has_positive(rows_list, key) -> bool:
     return any(r.get(key) and r[key]["mean"] > 0 for rows in rows_list for r in rows)
 
 
-def _log_log_panel(ax, summary: dict, quantity: str) -> None:
+def _log_log_panel(ax, summary: dict, quantity: str, reference: float = 4.0) -> None:
     """One quantity against width on log-log axes: a line per series, g in the legend."""
     series = summary["series"]
     mixed = len({s["normalized"] for s in series}) > 1
@@ -123,7 +129,7 @@ def _log_log_panel(ax, summary: dict, quantity: str) -> None:
     _slope_one(ax, [p for s in series for p in _means(s["rows"], quantity)])
     ax.set_yscale("log")
     _width_axis(ax, [w for s in series for w in s["widths"]])
-    ax.set_ylabel(_ylabel(quantity, series))
+    ax.set_ylabel(_ylabel(quantity, series, reference))
     ax.set_title(f"{TITLES[quantity]} vs width" + _range_text(summary["gain_range"]["network"][quantity]),
                  fontsize=10)
     ax.legend(fontsize=7, title=ERROR_BARS, title_fontsize=7)
@@ -150,23 +156,27 @@ def ablation_curves(sweep: Sweep, summary: dict) -> Figure | None:
     groups = sweep.series()
     fig, axes = _panels(len(groups), "Ablation curves (mean over trials, repeats and layers)")
     for ax, s in zip(axes, summary["series"]):
-        members = groups[s["series"]]
-        grid = np.asarray(members[0].analysis.settings["levels"], dtype=float)
-        colors = _ramp(len(s["widths"]))
-        for width, color in zip(s["widths"], colors):
-            curves = [np.interp(grid, m.analysis.settings["levels"],   # one grid, should settings differ
-                                np.mean([np.mean(layer.curves, axis=0)
-                                         for layer in m.analysis.layers.values()], axis=0))
-                      for m in members if m.width == width]
-            ax.plot(grid, np.mean(curves, axis=0), color=color, label=f"width {width:g}")
-        tolerance = members[0].analysis.settings.get("tolerance")
-        if tolerance is not None:
-            ax.axhline(1 - tolerance, color="k", linestyle=":", linewidth=1, label=f"1 - t = {1 - tolerance:g}")
-        ax.set(xlabel="fraction of units ablated", ylabel="label agreement with the intact network",
-               xlim=(0, 1), ylim=(0, 1.02))
+        draw_ablation_curves(ax, groups[s["series"]], s["widths"])
         ax.set_title(s["label"], fontsize=10)
-        ax.legend(fontsize=7)
     return fig
+
+
+def draw_ablation_curves(ax, members: list, widths: list[float]) -> None:
+    """One series' ablation curves on ``ax``, a line per width (mean over trials, repeats and layers)."""
+    grid = np.asarray(members[0].analysis.settings["levels"], dtype=float)
+    colors = _ramp(len(widths))
+    for width, color in zip(widths, colors):
+        curves = [np.interp(grid, m.analysis.settings["levels"],   # one grid, should settings differ
+                            np.mean([np.mean(layer.curves, axis=0)
+                                     for layer in m.analysis.layers.values()], axis=0))
+                  for m in members if m.width == width]
+        ax.plot(grid, np.mean(curves, axis=0), color=color, label=f"width {width:g}")
+    tolerance = members[0].analysis.settings.get("tolerance")
+    if tolerance is not None:
+        ax.axhline(1 - tolerance, color="k", linestyle=":", linewidth=1, label=f"1 - t = {1 - tolerance:g}")
+    ax.set(xlabel="fraction of units ablated", ylabel="label agreement with the intact network",
+           xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(fontsize=7)
 
 
 def correlation_violins(sweep: Sweep, summary: dict) -> Figure | None:
@@ -176,28 +186,33 @@ def correlation_violins(sweep: Sweep, summary: dict) -> Figure | None:
         return None
     fig, axes = _panels(len(groups), "Correlation |r| between units (trials and layers merged)")
     for ax, s in zip(axes, summary["series"]):
-        positions, vpstats, colors = [], [], []
-        for width, color in zip(s["widths"], _ramp(len(s["widths"]))):
-            hists = [np.asarray(c, float) / sum(c) for m in groups[s["series"]] if m.width == width
-                     for c in m.histograms.values()]
-            if hists:
-                positions.append(math.log2(width))
-                vpstats.append(_violin_stats(np.mean(hists, axis=0)))
-                colors.append(color)
-        if vpstats:
-            spacing = min(np.diff(positions), default=1.0)   # positions are log2 widths, spaced as the sweep's
-            parts = ax.violin(vpstats, positions=positions, widths=0.7 * spacing, showmedians=True,
-                              showextrema=True)
-            for body, color in zip(parts["bodies"], colors):
-                body.set_facecolor(color)
-                body.set_alpha(0.7)
-            for lines in ("cbars", "cmins", "cmaxes", "cmedians"):
-                parts[lines].set(color="k", linewidth=0.8)
-        ax.set_xticks([math.log2(w) for w in s["widths"]])
-        ax.set_xticklabels([f"{w:g}" for w in s["widths"]])
-        ax.set(xlabel="width factor", ylabel="|r|", ylim=(0, 1))
+        draw_correlation_violins(ax, groups[s["series"]], s["widths"])
         ax.set_title(s["label"], fontsize=10)
     return fig
+
+
+def draw_correlation_violins(ax, members: list, widths: list[float]) -> bool:
+    """One series' |r| violins on ``ax``, one per width; False when it has no histograms."""
+    positions, vpstats, colors = [], [], []
+    for width, color in zip(widths, _ramp(len(widths))):
+        hists = [np.asarray(c, float) / sum(c) for m in members if m.width == width for c in m.histograms.values()]
+        if hists:
+            positions.append(math.log2(width))
+            vpstats.append(_violin_stats(np.mean(hists, axis=0)))
+            colors.append(color)
+    if vpstats:
+        spacing = min(np.diff(positions), default=1.0)   # positions are log2 widths, spaced as the sweep's
+        parts = ax.violin(vpstats, positions=positions, widths=0.7 * spacing, showmedians=True,
+                          showextrema=True)
+        for body, color in zip(parts["bodies"], colors):
+            body.set_facecolor(color)
+            body.set_alpha(0.7)
+        for lines in ("cbars", "cmins", "cmaxes", "cmedians"):
+            parts[lines].set(color="k", linewidth=0.8)
+    ax.set_xticks([math.log2(w) for w in widths])
+    ax.set_xticklabels([f"{w:g}" for w in widths])
+    ax.set(xlabel="width factor", ylabel="|r|", ylim=(0, 1))
+    return bool(vpstats)
 
 
 def _violin_stats(mass: np.ndarray) -> dict:
@@ -231,7 +246,7 @@ def _network(quantity: str) -> Callable[[Sweep, dict], Figure | None]:
         if not _has_positive([s["rows"] for s in summary["series"]], quantity):
             return None
         fig, (ax,) = _panels(1, None, 6.5, 4.5)
-        _log_log_panel(ax, summary, quantity)
+        _log_log_panel(ax, summary, quantity, sweep.reference_width)
         return fig
     return draw
 
@@ -253,7 +268,7 @@ def _per_layer(quantity: str) -> Callable[[Sweep, dict], Figure | None]:
             ax.set_yscale("log")
             _width_axis(ax, s["widths"])
             ax.set_ylabel(HEADERS[s["normalized"]][quantity]
-                          + (" (÷ 4x units)" if s["normalized"] else " (not normalised)"))
+                          + (f" (÷ {sweep.reference_width:g}x units)" if s["normalized"] else " (not normalised)"))
             ax.set_title(s["label"], fontsize=10)
             ax.legend(fontsize=6, ncol=max(1, math.ceil(len(layers) / 12)), title=ERROR_BARS, title_fontsize=6)
         return fig
@@ -266,7 +281,7 @@ def non_frivolous(sweep: Sweep, summary: dict) -> Figure | None:
         return None
     fig, axes = _panels(2, "Non-frivolous units vs width (mean over layers)", 6.0, 4.5)
     for ax, quantity in zip(axes, ("non_prunable", "non_redundant")):
-        _log_log_panel(ax, summary, quantity)
+        _log_log_panel(ax, summary, quantity, sweep.reference_width)
     return fig
 
 
@@ -296,3 +311,19 @@ FIGURES: dict[str, Callable[[Sweep, dict], Figure | None]] = {
     "non_frivolous": non_frivolous,
     "parameters": parameters,
 }
+
+
+def _epoch_figure():
+    """fu_fast.report.epochs.epoch_figure (the training-past-convergence figure) where that module exists."""
+    try:
+        from .epochs import epoch_figure
+    except ModuleNotFoundError as e:
+        if e.name != f"{__package__}.epochs":
+            raise
+        return None
+    return epoch_figure
+
+
+_EPOCHS = _epoch_figure()
+if _EPOCHS is not None:
+    FIGURES["epochs"] = _EPOCHS

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..analysis import AnalysisResult, LayerResult, gain
 from ..errors import FuFastError
 from ..sweep.runner import SWEEP_SCHEMA
+from ..train.checkpoint import RUN_SCHEMA
 
 REPORT_SCHEMA = "fu-fast/report/1"
 QUANTITIES = ("prunability", "redundancy", "non_prunable", "non_redundant")
@@ -41,7 +42,7 @@ class MemberResult:
     variant: dict
     analysis: AnalysisResult
     histograms: dict = field(default_factory=dict)   # layer -> |r| counts; {} without correlations.json
-    run: dict | None = None                          # run.json; None for an untrained member
+    run: dict | None = None                          # run.json; None for an untrained member (or a damaged record)
 
     @property
     def accuracy(self) -> float | None:
@@ -54,11 +55,28 @@ class MemberResult:
 
 
 @dataclass
+class MemberEntry:
+    """A member as sweep.json lists it, done or not, with its training record (run.json) if readable."""
+    id: str
+    series: str
+    model: str
+    width: float
+    trial: int
+    variant: dict
+    status: str                   # sweep.json's: "done" or "pending"
+    folder: Path
+    run: dict | None = None       # run.json, checked (RUN_TYPES); None if absent or damaged
+    run_problem: str | None = None   # why run.json could not be used (it exists but is damaged)
+
+
+@dataclass
 class Sweep:
     path: Path
     name: str
     members: list[MemberResult]     # done, in the order of sweep.json
     missing: list[str]        # ids of the members that are not reported (pending, or no analysis.json)
+    entries: list[MemberEntry] = field(default_factory=list)   # every member of sweep.json, in its order
+    reference_width: float = 4.0    # the width whose layers normalise a series (config reference_width)
 
     def series(self) -> dict[str, list[MemberResult]]:
         """The members grouped by series, series in order of first appearance."""
@@ -76,20 +94,36 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
         schema = record.get("schema") if isinstance(record, dict) else None
         raise FuFastError(f"{sweep_dir / 'sweep.json'} is not a fu-fast sweep record "
                           f"(schema {schema!r}, expected {SWEEP_SCHEMA!r})")
-    members, missing = [], []
-    for entry in record.get("members") or []:
+    listed = record.get("members") or []
+    if not isinstance(listed, list):
+        raise FuFastError(f"{sweep_dir / 'sweep.json'} has a malformed member list (a {type(listed).__name__}, "
+                          f"not a list)")
+    members, missing, entries = [], [], []
+    for entry in listed:
         folder, status, fields = _member_entry(sweep_dir, entry)
+        # A damaged training record does not stop the report: the analysis holds what it shows, and
+        # table1.md names the member and what is wrong with its record.
+        run, problem = read_run_record(folder / "run.json")
+        entries.append(MemberEntry(*fields, status=str(status), folder=folder, run=run, run_problem=problem))
         if status != "done" or not (folder / "analysis.json").exists():
             missing.append(fields[0])
             continue
         # A damaged member file is named by its reader (AnalysisResult.load names analysis.json):
         # the entry in sweep.json is fine.
-        members.append(MemberResult(*fields, AnalysisResult.load(folder / "analysis.json"), _read_histograms(folder),
-                              _read_run(folder / "run.json")))
+        analysis = AnalysisResult.load(folder / "analysis.json")
+        _check_analysis(folder / "analysis.json", analysis)
+        members.append(MemberResult(*fields, analysis, _read_histograms(folder), run))
     if not members:
         raise FuFastError(f"{sweep_dir}: no member of the sweep is done yet "
                           f"({len(missing)} pending); nothing to report")
-    return Sweep(sweep_dir, str(record.get("name", sweep_dir.name)), members, missing)
+    name = record.get("name")
+    config = record.get("config") if isinstance(record.get("config"), dict) else {}
+    reference = config.get("reference_width", 4.0)
+    if not (_is_number(reference) and math.isfinite(reference) and reference > 0):
+        raise FuFastError(f"{sweep_dir / 'sweep.json'}: config.reference_width is {str(reference)[:40]!r}, "
+                          f"not a positive number")
+    return Sweep(sweep_dir, name if isinstance(name, str) and name else sweep_dir.name, members, missing, entries,
+                 float(reference))
 
 
 def _member_entry(sweep_dir: Path, entry) -> tuple[Path, str, tuple]:
@@ -116,6 +150,47 @@ def _read_json(path: Path, missing_message: str | None):
         raise FuFastError(f"cannot read {path}: {_one_line(e)}") from None
 
 
+def _check_analysis(path: Path, result: AnalysisResult) -> None:
+    """The values of an analysis document the report computes with have the types it needs: FuFastError
+    naming the file and the entry otherwise (the document may come from elsewhere, or be hand-edited)."""
+    def refuse(where: str, value, noun: str):
+        raise FuFastError(f"{path} is not a usable analysis document: {where} is {str(value)[:40]!r}, not {noun}")
+
+    def whole(value, least=0):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+    def finite(value):
+        return _is_number(value) and math.isfinite(value)
+
+    if not isinstance(result.model, dict) or not isinstance(result.settings, dict):
+        refuse("model or settings", type(result.model).__name__, "an object")
+    if not whole(result.model.get("parameters")):
+        refuse("model.parameters", result.model.get("parameters"), "a whole number")
+    accuracy = result.model.get("accuracy")
+    if accuracy is not None and not finite(accuracy):
+        refuse("model.accuracy", accuracy, "a number or null")
+    levels = result.settings.get("levels")
+    if not (isinstance(levels, list) and levels and all(finite(v) for v in levels)):
+        refuse("settings.levels", levels, "a list of numbers")
+    if result.settings.get("tolerance") is not None and not finite(result.settings["tolerance"]):
+        refuse("settings.tolerance", result.settings["tolerance"], "a number")
+    if not result.layers:
+        refuse("layers", [], "a non-empty list of layers")
+    for name, layer in result.layers.items():
+        where = f"layer {str(name)[:40]!r}"
+        for key, least in (("units", 1), ("ablation_units", 1), ("redundant_units", 0)):
+            if not whole(getattr(layer, key), least):
+                refuse(f"{where} {key}", getattr(layer, key), f"a whole number >= {least}")
+        for key in ("reference_units", "reference_ablation_units"):
+            if getattr(layer, key) is not None and not whole(getattr(layer, key), 1):
+                refuse(f"{where} {key}", getattr(layer, key), "a whole number >= 1 or null")
+        if not (finite(layer.prunable_fraction) and 0 <= layer.prunable_fraction <= 1):
+            refuse(f"{where} prunable_fraction", layer.prunable_fraction, "a number in [0, 1]")
+        if not (isinstance(layer.curves, list) and layer.curves and all(
+                isinstance(c, list) and len(c) == len(levels) and all(finite(v) for v in c) for c in layer.curves)):
+            refuse(f"{where} curves", layer.curves, f"a list of curves of {len(levels)} numbers (the levels)")
+
+
 def _read_histograms(folder: Path) -> dict:
     path = folder / "correlations.json"
     if not path.exists():
@@ -128,15 +203,89 @@ def _read_histograms(folder: Path) -> dict:
     return {name: counts for name, counts in layers.items() if counts and sum(counts) > 0}
 
 
-def _read_run(path: Path) -> dict | None:
-    """run.json, as far as the report reads it: the epochs' accuracies and the best epoch."""
+# The fields of run.json (fu_fast.train.checkpoint) the report reads, with the types it accepts; each may be
+# absent (the report then says n/a). "?" marks an optional value (null allowed).
+RUN_TYPES = {"status": str, "best_epoch": "int?", "stopped_early": bool, "epochs": list, "settings": dict,
+             "model": dict}
+MODEL_TYPES = {"parameters": int}
+SETTINGS_TYPES = {"optimizer": str, "lr": float, "momentum": float, "weight_decay": float, "schedule": str,
+                  "batch_size": int, "k": float, "epochs": int, "patience": "int?", "augment": "bool?",
+                  "model_options": dict, "random_labels": bool}
+OPTION_TYPES = {"dropout": "float?", "init": "str?"}
+
+
+def read_run_record(path: Path) -> tuple[dict | None, str | None]:
+    """run.json at ``path``, checked as far as the report reads it: (record, None), (None, None) when
+    there is none, or (None, what is wrong, in one line) for a damaged or foreign one. Never raises:
+    one damaged training record must not stop the report of the rest."""
+    run, problem = _check_run(path)
+    return run, (None if problem is None else " ".join(problem.split()).replace("`", "'"))
+
+
+def _check_run(path: Path) -> tuple[dict | None, str | None]:
     if not path.exists():
-        return None
-    run = _read_json(path, None)
-    if not (isinstance(run, dict) and isinstance(run.get("epochs", []), list)
-            and all(isinstance(e, dict) for e in run.get("epochs", []))):
-        raise FuFastError(f"{path} is not a readable run record: it needs an object with a list of epochs")
-    return run
+        return None, None
+    try:
+        run = json.loads(path.read_text(), parse_constant=_no_constant)
+    except (OSError, ValueError) as e:
+        return None, f"cannot read it ({_one_line(e)[:200]})"
+    if not isinstance(run, dict):
+        return None, f"it holds a {_kind(run)}, not a run record"
+    if run.get("schema") != RUN_SCHEMA:
+        schema = str(run.get("schema"))[:60]
+        return None, f"it is not a fu-fast run record (schema {schema!r}, expected {RUN_SCHEMA!r})"
+    problem = (_type_problem(run, RUN_TYPES, "")
+               or _type_problem(run.get("model", {}), MODEL_TYPES, "model.")
+               or _type_problem(run.get("settings", {}), SETTINGS_TYPES, "settings.")
+               or _type_problem(run.get("settings", {}).get("model_options", {}), OPTION_TYPES,
+                                "settings.model_options."))
+    if problem:
+        return None, problem
+    for i, epoch in enumerate(run.get("epochs", [])):
+        if not isinstance(epoch, dict):
+            return None, f"epochs[{i}] is a {_kind(epoch)}, not an object"
+        for key, value in epoch.items():
+            if (key == "epoch" or key.endswith("_accuracy")) and not (
+                    _is_number(value) and math.isfinite(value) and (key != "epoch" or isinstance(value, int))):
+                noun = "a whole number" if key == "epoch" else "a finite number"
+                return None, f"epochs[{i}].{key} is {str(value)[:40]!r}, not {noun}"
+    return run, None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _type_problem(record: dict, types: dict, prefix: str) -> str | None:
+    for key, kind in types.items():
+        if key not in record:
+            continue
+        value, optional = record[key], isinstance(kind, str) and kind.endswith("?")
+        if optional and value is None:
+            continue
+        wanted = {"int?": int, "float?": float, "bool?": bool, "str?": str}.get(kind, kind)
+        if wanted is float:
+            good = _is_number(value) and math.isfinite(value)
+        elif wanted is int:
+            good = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            good = isinstance(value, wanted)
+        if not good:
+            noun = {int: "a whole number", float: "a number", bool: "true or false", str: "a string",
+                    list: "a list", dict: "an object"}[wanted]
+            return f"{prefix}{key} is {str(value)[:40]!r}, not {noun}" + (" or null" if optional else "")
+    return None
+
+
+def _kind(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def analysed_epoch(run: dict | None) -> dict:
+    """The metrics of the epoch whose weights were analysed: the best epoch, else the last; {} if none."""
+    epochs = (run or {}).get("epochs") or []
+    best = [e for e in epochs if e.get("epoch") == (run or {}).get("best_epoch")]
+    return best[-1] if best else (epochs[-1] if epochs else {})
 
 
 def _is_number(value) -> bool:
@@ -245,10 +394,14 @@ def _gain_ranges(series: list[dict]) -> dict:
 
 def _labels(sweep: Sweep) -> dict[str, str]:
     """'model key=value ...' per series; the series id where two labels would coincide."""
-    labels = {}
-    for series, members in sweep.series().items():
-        m = members[0]
-        labels[series] = " ".join([m.model] + [f"{k}={_text(v)}" for k, v in m.variant.items()])
+    return series_labels({series: (members[0].model, members[0].variant)
+                          for series, members in sweep.series().items()})
+
+
+def series_labels(series: dict[str, tuple[str, dict]]) -> dict[str, str]:
+    """'model key=value ...' per series id, from (model, variant); the ids where two labels would coincide."""
+    labels = {s: " ".join([model] + [f"{k}={_text(v)}" for k, v in variant.items()])
+              for s, (model, variant) in series.items()}
     if len(set(labels.values())) < len(labels):
         return {s: s for s in labels}
     return labels
@@ -268,20 +421,30 @@ def fmt_gain(g: float | None) -> str:
     return "n/a" if g is None else f"{g:.4f}"
 
 
-def markdown(summary: dict, figures: list[str] = ()) -> str:
+def markdown(summary: dict, figures: list[str] = (), *, paper_figures: list[tuple[str, str]] = (),
+             table1: str | None = None, damaged_runs: list[tuple[str, str]] = (), reference_width: float = 4.0) -> str:
+    """summary.md: the tables of ``summary``, then the figures (``figures`` by name; ``paper_figures`` as
+    (name, caption)); ``table1`` the file name of the training table to link, ``damaged_runs`` (member id,
+    what is wrong) the training records it skipped; ``reference_width`` the width that normalises."""
     m = summary["members"]
     lines = [f"# Frivolous units: {summary['name']}", "",
              f"Members reported: {m['done']} done, {m['pending']} pending"
-             + (f" (missing: {', '.join(m['missing'])})" if m["missing"] else "") + ".", "",
-             "Values are means ± sd over trials at each width; " + SD_NOTE + ". "
-             "g = 2^b, b the least-squares slope of log2(value) on log2(width) of the trial means "
-             "(g > 2: more than doubles when the width doubles; n/a: undefined).", ""]
+             + (f" (missing: {', '.join(m['missing'])})" if m["missing"] else "") + ".", ""]
+    if table1:
+        lines += [f"Training details and accuracy per width (the paper's Table 1): [{table1}]({table1}).", ""]
+    if damaged_runs:
+        lines += ["Damaged training records (run.json), skipped in the training table: "
+                  + "; ".join(f"`{_one_line(member).replace('`', chr(39))}`: {why}" for member, why in damaged_runs)
+                  + ".", ""]
+    lines += ["Values are means ± sd over trials at each width; " + SD_NOTE + ". "
+              "g = 2^b, b the least-squares slope of log2(value) on log2(width) of the trial means "
+              "(g > 2: more than doubles when the width doubles; n/a: undefined).", ""]
     for s in summary["series"]:
         head = HEADERS[s["normalized"]]
         lines += [f"## {s['label']}", "", f"Series `{s['series']}`. " + (
-            "Values normalised by the same layer of the series' 4x member, mean over layers."
+            f"Values normalised by the same layer of the series' {reference_width:g}x member, mean over layers."
             if s["normalized"] else
-            "**Not normalised**: the series has no 4x member, so values are unit counts "
+            f"**Not normalised**: the series has no {reference_width:g}x member, so values are unit counts "
             "(mean over layers), not comparable in scale with normalised series."), ""]
         columns = ["width", "trials", "parameters", "accuracy"] + [head[q] for q in QUANTITIES]
         lines += _table_head(columns)
@@ -304,6 +467,11 @@ def markdown(summary: dict, figures: list[str] = ()) -> str:
     for c in COLUMNS:
         net, lay = ranges["network"][c], ranges["layers"].get(c)
         lines.append(_row([c.replace("_", "-")] + [fmt_gain(r and r[k]) for r in (net, lay) for k in ("min", "max")]))
+    if paper_figures:
+        lines += ["", "## The paper's figures", ""]
+        for name, caption in paper_figures:
+            lines += [f"**{caption}**", "", f"![{name}]({name}.png) ([pdf]({name}.pdf))", ""]
+        lines.pop()
     if figures:
         lines += ["", "## Figures", ""] + [f"![{name}]({name}.png) ([pdf]({name}.pdf))" for name in figures]
     return "\n".join(lines) + "\n"
