@@ -7,7 +7,9 @@
 The folder holds summary.md, report.json (summarize()'s dict, unrounded), table1.md (the paper's
 Table 1: training details and accuracy per width, from the members' run.json), the paper's figures of
 the sweep's preset (fu_fast.report.paper: panel specs drawn by one renderer) and each other figure the
-data supports (FIGURES), all as PNG and PDF.
+data supports (FIGURES), all as PNG and PDF. The optional analyses a sweep carries (targeted ablation
+orders, noise curves, class selectivity, similar units, and SWEEP_DIR/mapping/mapping.json) add their
+sections, figures and report.json's "beyond" (fu_fast.report.beyond).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from ..atomic import write_atomic
 from ..errors import FuFastError
+from .beyond import beyond_markdown, summarize_beyond, write_beyond_figures
 from .figures import FIGURES, write_figures
 from .paper import write_paper_figures
 from .table1 import TABLE1_FILE, table1_markdown
@@ -26,14 +29,16 @@ REPORT_DIR = "report"
 
 
 def summarize(sweep_dir: str | Path) -> dict:
-    """Per series and width: trial means and sds, gains g, per layer too, and g_min/g_max."""
-    return summarize_sweep(load_sweep(sweep_dir))
+    """Per series and width: trial means and sds, gains g, per layer too, and g_min/g_max; "beyond": the
+    optional analyses' numbers (fu_fast.report.beyond; {} when the sweep has none)."""
+    sweep = load_sweep(sweep_dir)
+    return {**summarize_sweep(sweep), "beyond": summarize_beyond(sweep)}
 
 
 def write_report(sweep_dir: str | Path) -> Path:
     """Write SWEEP_DIR/report/ (every file atomically) and return that folder."""
     sweep = load_sweep(sweep_dir)
-    summary = summarize_sweep(sweep)
+    summary = {**summarize_sweep(sweep), "beyond": summarize_beyond(sweep)}   # checks every file before writing
     folder = Path(sweep_dir) / REPORT_DIR
     if folder.is_symlink() or (folder.exists() and not folder.resolve().is_relative_to(Path(sweep_dir).resolve())):
         raise FuFastError(f"{folder} is a link: the report is written only inside the sweep directory; "
@@ -42,13 +47,16 @@ def write_report(sweep_dir: str | Path) -> Path:
         raise FuFastError(f"cannot write the report into {folder}: it exists and is not a directory")
     paper = write_paper_figures(sweep, folder)
     figures = write_figures(sweep, summary, folder)
+    beyond_figures = write_beyond_figures(summary["beyond"], folder, sweep.reference_width)
     write_atomic(folder / TABLE1_FILE, table1_markdown(sweep))
     write_atomic(folder / "report.json", json.dumps(summary, indent=1, allow_nan=False) + "\n")
     damaged = [(e.id, e.run_problem) for e in sweep.entries if e.run_problem is not None]
     write_atomic(folder / "summary.md", markdown(summary, figures, table1=TABLE1_FILE, damaged_runs=damaged,
                                                  paper_figures=[(spec.name, f"{spec.paper}: {spec.title}")
                                                                 for spec in paper],
-                                                 reference_width=sweep.reference_width))
+                                                 reference_width=sweep.reference_width,
+                                                 sections=beyond_markdown(summary["beyond"], beyond_figures,
+                                                                          sweep.reference_width)))
     return folder
 
 

@@ -422,10 +422,12 @@ def fmt_gain(g: float | None) -> str:
 
 
 def markdown(summary: dict, figures: list[str] = (), *, paper_figures: list[tuple[str, str]] = (),
-             table1: str | None = None, damaged_runs: list[tuple[str, str]] = (), reference_width: float = 4.0) -> str:
+             table1: str | None = None, damaged_runs: list[tuple[str, str]] = (), reference_width: float = 4.0,
+             sections: list[str] = ()) -> str:
     """summary.md: the tables of ``summary``, then the figures (``figures`` by name; ``paper_figures`` as
     (name, caption)); ``table1`` the file name of the training table to link, ``damaged_runs`` (member id,
-    what is wrong) the training records it skipped; ``reference_width`` the width that normalises."""
+    what is wrong) the training records it skipped; ``reference_width`` the width that normalises;
+    ``sections`` further lines after the gain ranges (fu_fast.report.beyond)."""
     m = summary["members"]
     lines = [f"# Frivolous units: {summary['name']}", "",
              f"Members reported: {m['done']} done, {m['pending']} pending"
@@ -467,6 +469,10 @@ def markdown(summary: dict, figures: list[str] = (), *, paper_figures: list[tupl
     for c in COLUMNS:
         net, lay = ranges["network"][c], ranges["layers"].get(c)
         lines.append(_row([c.replace("_", "-")] + [fmt_gain(r and r[k]) for r in (net, lay) for k in ("min", "max")]))
+    if sections:
+        lines += [""] + list(sections)
+        while lines[-1] == "":
+            lines.pop()
     if paper_figures:
         lines += ["", "## The paper's figures", ""]
         for name, caption in paper_figures:
