@@ -24,10 +24,15 @@ struct RowLayout {
   bool channels_last;
 };
 
-FU_FAST_HD int64_t unit_of_element(int64_t e, const RowLayout& layout) {
-  if (!layout.channels_last) return e / layout.inner;
+// The logical NCHW index (c * spatial + s) of the element at offset e of a row in memory.
+FU_FAST_HD int64_t logical_element(int64_t e, const RowLayout& layout) {
+  if (!layout.channels_last) return e;
   const int64_t c = e % layout.channels, s = e / layout.channels;
-  return (c * layout.spatial + s) / layout.inner;
+  return c * layout.spatial + s;
+}
+
+FU_FAST_HD int64_t unit_of_element(int64_t e, const RowLayout& layout) {
+  return logical_element(e, layout) / layout.inner;
 }
 
 #if !defined(__CUDACC_RTC__)  // host entry points; NVRTC compiles device code only

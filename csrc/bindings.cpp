@@ -18,6 +18,7 @@
 #include "ablation.h"
 #include "covariance.h"
 #include "device.h"
+#include "noise.h"
 #include "permutation.h"
 
 #ifdef _OPENMP
@@ -73,6 +74,15 @@ MaskSpec mask_spec(uintptr_t keys, uintptr_t thresholds, int64_t num_masks) {
                   num_masks};
 }
 
+// The noise of a noise kernel (expand_noise, noise_rows), checked; errors name the kernel.
+NoiseSpec noise_spec(const char* kernel, uintptr_t keys, uintptr_t scales, uintptr_t unit_std, int64_t batch,
+                     int64_t first_example, int64_t num_copies) {
+  require(first_example >= 0 && first_example <= INT64_MAX - batch, kernel,
+          "first_example must be >= 0 and first_example + batch must fit in 64 bits");
+  return NoiseSpec{as_pointer<const uint64_t>(keys, "keys"), as_pointer<const double>(scales, "scales"),
+                   as_pointer<const double>(unit_std, "unit_std"), first_example, num_copies};
+}
+
 using Stream = std::optional<uintptr_t>;
 
 [[maybe_unused]] void* as_stream(uintptr_t stream) { return reinterpret_cast<void*>(stream); }
@@ -108,8 +118,9 @@ py::dict build_info() {
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "fu-fast native core: keyed permutations, masked expansion, in-place masking, label agreement, "
-            "streaming covariance (pointers in, no libtorch; CPU kernels, and CUDA twins given a stream).";
+  m.doc() = "fu-fast native core: keyed permutations, masked expansion, in-place masking, keyed Gaussian "
+            "noise, label agreement, streaming covariance (pointers in, no libtorch; CPU kernels, and CUDA twins "
+            "given a stream).";
 
   m.def("build_info", &build_info, "Version, compiled backends, CUDA and OpenMP facts.");
 #ifdef FU_FAST_WITH_CUDA
@@ -177,6 +188,54 @@ PYBIND11_MODULE(_C, m) {
       py::arg("spatial"), py::arg("channels_last"), py::arg("elem_size"), py::arg("keys"),
       py::arg("thresholds"), py::arg("num_masks"), py::arg("stream") = py::none(),
       "Mask k applied in place to rows k * batch .. (k + 1) * batch - 1 of [num_masks, batch, units * inner] "
+      "rows (channels_last: NHWC rows).");
+
+  m.def(
+      "expand_noise",
+      [](uintptr_t src, uintptr_t dst, int64_t batch, int64_t units, int64_t inner, int64_t channels,
+         int64_t spatial, bool channels_last, int dtype, uintptr_t keys, uintptr_t scales, uintptr_t unit_std,
+         int64_t first_example, int64_t num_copies, Stream stream) {
+        const DType type = as_dtype(dtype);
+        const RowLayout layout = row_layout("expand_noise", batch, units, inner, channels, spatial, channels_last,
+                                            dtype_size(type), num_copies);
+        const NoiseSpec noise = noise_spec("expand_noise", keys, scales, unit_std, batch, first_example, num_copies);
+        const void* in = as_pointer<const void>(src, "src");
+        void* out = as_pointer<void>(dst, "dst");
+        if (!stream) {
+          py::gil_scoped_release release;
+          expand_noise_cpu(in, out, batch, layout, type, noise);
+          return;
+        }
+        FU_FAST_CUDA_TWIN(expand_noise_cuda(in, out, batch, layout, type, noise, as_stream(*stream)));
+      },
+      py::arg("src"), py::arg("dst"), py::arg("batch"), py::arg("units"), py::arg("inner"),
+      py::arg("channels"), py::arg("spatial"), py::arg("channels_last"), py::arg("dtype"), py::arg("keys"),
+      py::arg("scales"), py::arg("unit_std"), py::arg("first_example"), py::arg("num_copies"),
+      py::arg("stream") = py::none(),
+      "num_copies noisy copies of [batch, units * inner] rows (channels_last: NHWC rows): copy k adds "
+      "scales[k] * unit_std[unit] * normal(keys[k], first_example + b, element) (csrc/noise.h).");
+
+  m.def(
+      "noise_rows",
+      [](uintptr_t data, int64_t batch, int64_t units, int64_t inner, int64_t channels, int64_t spatial,
+         bool channels_last, int dtype, uintptr_t keys, uintptr_t scales, uintptr_t unit_std, int64_t first_example,
+         int64_t num_copies, Stream stream) {
+        const DType type = as_dtype(dtype);
+        const RowLayout layout = row_layout("noise_rows", batch, units, inner, channels, spatial, channels_last,
+                                            dtype_size(type), num_copies);
+        const NoiseSpec noise = noise_spec("noise_rows", keys, scales, unit_std, batch, first_example, num_copies);
+        void* rows = as_pointer<void>(data, "data");
+        if (!stream) {
+          py::gil_scoped_release release;
+          noise_rows_cpu(rows, batch, layout, type, noise);
+          return;
+        }
+        FU_FAST_CUDA_TWIN(noise_rows_cuda(rows, batch, layout, type, noise, as_stream(*stream)));
+      },
+      py::arg("data"), py::arg("batch"), py::arg("units"), py::arg("inner"), py::arg("channels"),
+      py::arg("spatial"), py::arg("channels_last"), py::arg("dtype"), py::arg("keys"), py::arg("scales"),
+      py::arg("unit_std"), py::arg("first_example"), py::arg("num_copies"), py::arg("stream") = py::none(),
+      "Copy k's noise added in place to rows k * batch .. (k + 1) * batch - 1 of [num_copies, batch, units * inner] "
       "rows (channels_last: NHWC rows).");
 
   m.def(

@@ -103,6 +103,16 @@ def _masking_geometry(launcher: str, units: int, inner: int, elem_size: int, num
     return vec16, (_blocks(elements * elem_size // 16 if vec16 else elements), num_masks)
 
 
+def _noise_geometry(launcher: str, batch: int, units: int, inner: int, dtype: int, num_copies: int) -> tuple[int, int]:
+    """The checks and the launch grid of the C++ noise launchers (check_noise and noise_grid in
+    noise_cuda.cu): one thread per element of a copy's batch rows, y the copy."""
+    if num_copies > 65535:
+        raise ValueError(f"{launcher}: at most 65535 copies per call")
+    if dtype not in (0, 1, 2, 3):
+        raise ValueError("unknown dtype code")
+    return _blocks(batch * units * inner), num_copies
+
+
 class CupyKernels:
     def __init__(self):
         import cupy
@@ -110,6 +120,7 @@ class CupyKernels:
         self._cupy = cupy
         options = compile_options()
         ablation = cupy.RawModule(code=program_text("ablation_cuda.cu"), options=options)
+        noise = cupy.RawModule(code=program_text("noise_cuda.cu"), options=options)
         covariance = cupy.RawModule(code=program_text("covariance_cuda.cu"), options=options)
         # Kernels bind to the current device when first fetched: fetch them all now.
         self._ranks = ablation.get_function("fu_permutation_ranks")
@@ -118,6 +129,8 @@ class CupyKernels:
         self._mask_rows_vec16 = ablation.get_function("fu_mask_rows_vec16")
         self._mask_rows_scalar = ablation.get_function("fu_mask_rows_scalar")
         self._agreement = ablation.get_function("fu_label_agreement")
+        self._expand_noise = noise.get_function("fu_expand_noise")
+        self._noise_rows = noise.get_function("fu_noise_rows")
         self._batch_mean = covariance.get_function("fu_covariance_batch_mean")
         self._cross = covariance.get_function("fu_covariance_cross")
         self._merge_comoment = covariance.get_function("fu_covariance_merge_comoment")
@@ -146,6 +159,22 @@ class CupyKernels:
         args = (_ptr(data), np.int64(batch), np.int64(units), np.int64(inner), np.int64(channels),
                 np.int64(spatial), np.int32(bool(channels_last)), np.int32(elem_size), _ptr(keys), _ptr(thresholds))
         self._launch(kernel, grid, args, stream)
+
+    def expand_noise(self, src, dst, batch, units, inner, channels, spatial, channels_last, dtype, keys, scales,
+                     unit_std, first_example, num_copies, *, stream):
+        grid = _noise_geometry("expand_noise_cuda", batch, units, inner, dtype, num_copies)
+        args = (_ptr(src), _ptr(dst), np.int64(batch), np.int64(units), np.int64(inner), np.int64(channels),
+                np.int64(spatial), np.int32(bool(channels_last)), np.int32(dtype), _ptr(keys), _ptr(scales),
+                _ptr(unit_std), np.int64(first_example))
+        self._launch(self._expand_noise, grid, args, stream)
+
+    def noise_rows(self, data, batch, units, inner, channels, spatial, channels_last, dtype, keys, scales, unit_std,
+                   first_example, num_copies, *, stream):
+        grid = _noise_geometry("noise_rows_cuda", batch, units, inner, dtype, num_copies)
+        args = (_ptr(data), np.int64(batch), np.int64(units), np.int64(inner), np.int64(channels), np.int64(spatial),
+                np.int32(bool(channels_last)), np.int32(dtype), _ptr(keys), _ptr(scales), _ptr(unit_std),
+                np.int64(first_example))
+        self._launch(self._noise_rows, grid, args, stream)
 
     def label_agreement(self, logits, dtype, num_masks, batch, classes, row_stride, base_labels, counts, *,
                         stream):

@@ -6,7 +6,9 @@ it matters). On each usable GPU the backend chosen for it (fu_fast.kernels) is c
 CPU kernels bit for bit (the covariance to rounding) and with the references, at sizes that take
 every code path (16-byte and scalar expansion and in-place masking, rows not 16-byte aligned,
 channels_last, fewer and more than 32 classes, several row slices of the covariance), and one
-small analysis on the GPU is compared with the same analysis on the CPU.
+small analysis on the GPU is compared with the same analysis on the CPU. The keyed noise is
+compared within the tolerance of csrc/noise.h (kernels.noise_close: backends' log and cos differ
+by an ulp or two), and bit for bit where its scale or a unit's standard deviation is 0.
 """
 
 from __future__ import annotations
@@ -95,6 +97,34 @@ def _expansion_inputs(generator):
             yield x, _keys(len(thresholds), units), thresholds, inner
 
 
+# Noise levels of the expansion checks: a copy that must keep its bits, small and large noise.
+NOISE_SCALES = (0.0, 0.05, 4.0)
+
+
+def _noise_inputs(x: torch.Tensor, keys: list[int], inner: int, generator) -> tuple:
+    """(keys, scales, unit_std, first_example) for the noisy copies of an expansion case: the case's
+    first keys, NOISE_SCALES, a standard deviation per unit with the first unit's 0 (a dead unit keeps
+    its bits), and a first example past 2^32."""
+    units = x[0].numel() // inner
+    unit_std = torch.rand(units, generator=generator, dtype=torch.float64) * 2 + 0.1
+    unit_std[0] = 0.0
+    return keys[:len(NOISE_SCALES)], list(NOISE_SCALES), unit_std, 2**32 + 5
+
+
+def _noise_differences(got: torch.Tensor, expected: torch.Tensor, source: torch.Tensor, scales) -> str | None:
+    """Why noisy copies differ from the expected ones beyond the tolerance, or None: copies of scale
+    0 must be the source bit for bit."""
+    batch = source.shape[0] // len(scales)
+    for k, scale in enumerate(scales):
+        rows = slice(k * batch, (k + 1) * batch)
+        if scale == 0 and not torch.equal(_bits(got[rows].cpu().contiguous()), _bits(source[rows].contiguous())):
+            return f"copy {k} (scale 0) is not the input bit for bit"
+    close = kernels.noise_close(got, expected, source)
+    if not close.all():
+        return f"{int((~close).sum())} elements beyond the noise tolerance"
+    return None
+
+
 def _stacked_copies(x: torch.Tensor, count: int) -> torch.Tensor:
     """count copies of x stacked along the batch, in x's memory format: a batch expanded before the
     layer where mask_rows masks it."""
@@ -178,7 +208,17 @@ def _cpu_checks() -> Iterator[Check]:
             masked = kernels.mask_rows(copies, keys, thresholds, inner)
             _expect(masked is copies, f"in-place masking of {tuple(x.shape)} {x.dtype} made a copy")
             _expect(torch.equal(_bits(masked), _bits(expected)), f"in-place masking of {tuple(x.shape)} {x.dtype}")
-        return f"{len(EXPANSION_CASES)} layouts x {len(DTYPES)} dtypes, expanded and in place"
+            # Keyed noise against the float64 reference, and the in-place twin against the expansion.
+            noise_keys, scales, unit_std, first = _noise_inputs(x, keys, inner, generator)
+            noisy = kernels.expand_noise(x, noise_keys, scales, unit_std, inner, first)
+            stacked = _stacked_copies(x, len(scales))
+            why = _noise_differences(noisy, reference.expand_noise(x, noise_keys, scales, unit_std, inner, first),
+                                     stacked, scales)
+            _expect(why is None, f"noise of {tuple(x.shape)} {x.dtype}: {why}")
+            in_place = kernels.noise_rows(stacked, noise_keys, scales, unit_std, inner, first)
+            _expect(in_place is stacked and torch.equal(_bits(in_place.contiguous()), _bits(noisy.contiguous())),
+                    f"in-place noise of {tuple(x.shape)} {x.dtype}")
+        return f"{len(EXPANSION_CASES)} layouts x {len(DTYPES)} dtypes, masked and noisy, expanded and in place"
 
     def agreement():
         for logits, base, masks in _agreement_inputs(generator):
@@ -193,7 +233,7 @@ def _cpu_checks() -> Iterator[Check]:
         return f"{len(COVARIANCE_CASES)} layouts x {len(DTYPES)} dtypes, 3 batches each"
 
     yield _check("cpu", "keyed permutation ranks vs reference", ranks)
-    yield _check("cpu", "masked expansion and in-place masking vs reference", expansion)
+    yield _check("cpu", "masked and noisy expansion, in place and not, vs reference", expansion)
     yield _check("cpu", "label agreement vs reference", agreement)
     yield _check("cpu", "streaming covariance vs two-pass float64", covariance)
     yield _check("cpu", "analysis (float64) vs the naive path", _analysis_against_naive)
@@ -226,6 +266,20 @@ def _gpu_checks(device: torch.device) -> Iterator[Check]:
             _expect(masked is on_device, f"in-place masking of {tuple(x.shape)} {x.dtype} made a copy")
             _expect(torch.equal(_bits(masked.cpu()), _bits(kernels.mask_rows(copies, keys, thresholds, inner))),
                     f"in-place masking of {tuple(x.shape)} {x.dtype}")
+            # Keyed noise against the CPU kernel (within the tolerance), expanded and in place.
+            noise_keys, scales, unit_std, first = _noise_inputs(x, keys, inner, generator)
+            on_cpu = kernels.expand_noise(x, noise_keys, scales, unit_std, inner, first)
+            on_gpu = kernels.expand_noise(x.to(device), noise_keys, scales, unit_std.to(device), inner, first)
+            _expect(on_gpu.is_contiguous(memory_format=torch.channels_last if x.dim() == 4 and not x.is_contiguous()
+                                         else torch.contiguous_format), "memory format kept by the noise")
+            stacked = _stacked_copies(x, len(scales))
+            why = _noise_differences(on_gpu, on_cpu, stacked, scales)
+            _expect(why is None, f"noise of {tuple(x.shape)} {x.dtype}: {why}")
+            on_device = stacked.to(device)
+            in_place = kernels.noise_rows(on_device, noise_keys, scales, unit_std.to(device), inner, first)
+            _expect(in_place is on_device, f"in-place noise of {tuple(x.shape)} {x.dtype} made a copy")
+            why = _noise_differences(in_place, on_cpu, stacked, scales)
+            _expect(why is None, f"in-place noise of {tuple(x.shape)} {x.dtype}: {why}")
         # Views 2, 4 and 8 bytes from 16-byte alignment, made on the device: the scalar path.
         for dtype in (torch.float16, torch.float32, torch.float64):
             storage = torch.randn(3 * 64 + 1, generator=generator).to(dtype)
@@ -238,7 +292,7 @@ def _gpu_checks(device: torch.device) -> Iterator[Check]:
             _expect(torch.equal(_bits(kernels.mask_rows(x, [5, 9], [10, 40], 1).cpu()),
                                 _bits(kernels.mask_rows(copies[1:].view(6, 64), [5, 9], [10, 40], 1))),
                     f"in-place masking of unaligned {dtype}")
-        return "16-byte and scalar paths, channels_last, unaligned rows, expanded and in place"
+        return "16-byte and scalar paths, channels_last, unaligned rows, expanded and in place; keyed noise"
 
     def agreement():
         for logits, base, masks in _agreement_inputs(generator):
@@ -256,7 +310,7 @@ def _gpu_checks(device: torch.device) -> Iterator[Check]:
         return f"largest relative difference from the CPU kernel {worst:.1e}"
 
     yield _check(where, "keyed permutation ranks = CPU", ranks)
-    yield _check(where, "masked expansion and in-place masking = CPU", expansion)
+    yield _check(where, "masked and noisy expansion, in place and not = CPU", expansion)
     yield _check(where, "label agreement = CPU", agreement)
     yield _check(where, "streaming covariance vs CPU and two-pass float64", covariance)
     yield _check(where, "analysis (float32) = CPU", lambda: _analysis_on(device))

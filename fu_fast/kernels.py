@@ -7,10 +7,11 @@ of three backends that proves itself there:
   "torch"   the pure PyTorch references of fu_fast.reference, run on the GPU.
 
 A backend proves itself by a known-answer launch on that GPU (keyed ranks, masked expansion,
-in-place masking, label agreement and one covariance update against the CPU kernels), run
-once per device before the first analysis uses it, never inside a forward hook. A compiled
-module whose static CUDA runtime is newer than the driver, a cupy that cannot compile, or
-kernels that give other bits than the CPU are passed over with one warning line saying why.
+in-place masking, keyed noise, label agreement and one covariance update against the CPU
+kernels), run once per device before the first analysis uses it, never inside a forward hook. A
+compiled module whose static CUDA runtime is newer than the driver, a cupy that cannot compile,
+or kernels that give other bits than the CPU (for the noise: beyond the tolerance of
+csrc/noise.h) are passed over with one warning line saying why.
 
 The extension does not link libtorch: a tensor crosses the binding as its data pointer,
 sizes and strides, and on a GPU with PyTorch's current stream, so kernels are queued in
@@ -20,6 +21,7 @@ every check that keeps a pointer valid (device, dtype, layout, sizes) lives here
 
 from __future__ import annotations
 
+import math
 import threading
 import warnings
 from dataclasses import dataclass
@@ -162,7 +164,9 @@ def _first_line(error: BaseException) -> str:
 def _known_answer(backend: str, device: torch.device) -> None:
     """Run every kernel of a backend once on tiny inputs on the device and compare with the
     CPU kernels; raises on any difference. Sizes take the 16-byte and the scalar expansion and
-    in-place masking; the masks ablate some units, none and all."""
+    in-place masking; the masks ablate some units, none and all. The noise kernels agree with the
+    CPU's within noise_close (their log and cos are the GPU's), and bit for bit where the scale
+    or a unit's standard deviation is 0."""
     generator = torch.Generator().manual_seed(9)
     key = 0x9E3779B97F4A7C15
     ranks = permutation_ranks(key, 37, device, backend=backend)
@@ -189,10 +193,38 @@ def _known_answer(backend: str, device: torch.device) -> None:
         "agreement": (label_agreement(logits.to(device), base.to(device), 2, backend=backend),
                       label_agreement(logits, base, 2)),
     }
+    # Noise: the copies of scale 0 keep their bits, and so do the elements of a unit whose standard
+    # deviation is 0 (unit 3 of x, channel 2 of odd); the rest agree within the noise tolerance.
+    scales, odd_scales = [0.0, 0.5, 2.0], [1.5, 0.0]
+    unit_std = torch.rand(32, generator=generator, dtype=torch.float64) + 0.5
+    odd_std = torch.rand(7, generator=generator, dtype=torch.float64) + 0.5
+    unit_std[3], odd_std[2] = 0.0, 0.0
+    noise = {
+        "noise": (expand_noise(x.to(device), [key, 5, 5], scales, unit_std.to(device), 1, 7, backend=backend),
+                  expand_noise(x, [key, 5, 5], scales, unit_std, 1, 7), copies, scales),
+        "odd noise": (expand_noise(odd.to(device), [key, 3], odd_scales, odd_std.to(device), 4, 2**40,
+                                   backend=backend),
+                      expand_noise(odd, [key, 3], odd_scales, odd_std, 4, 2**40), odd_copies, odd_scales),
+        "in-place noise": (noise_rows(copies.to(device), [key, 5, 5], scales, unit_std.to(device), 1, 7,
+                                      backend=backend),
+                           noise_rows(copies.clone(), [key, 5, 5], scales, unit_std, 1, 7), copies, scales),
+        "odd in-place noise": (noise_rows(odd_copies.to(device), [key, 3], odd_scales, odd_std.to(device), 4, 2**40,
+                                          backend=backend),
+                               noise_rows(odd_copies.clone(), [key, 3], odd_scales, odd_std, 4, 2**40), odd_copies,
+                               odd_scales),
+    }
     torch.cuda.synchronize(device)   # errors of queued kernels surface here, not in a model's hook
     for name, (got, expected) in checks.items():
         if not torch.equal(got.cpu(), expected):
             raise KernelError(f"{name} differs from the CPU kernel")
+    for name, (got, expected, source, copy_scales) in noise.items():
+        got, batch = got.cpu(), source.shape[0] // len(copy_scales)
+        unchanged = [k for k, scale in enumerate(copy_scales) if scale == 0]
+        if not all(torch.equal(_bits(got[k * batch:(k + 1) * batch]), _bits(source[k * batch:(k + 1) * batch]))
+                   for k in unchanged):
+            raise KernelError(f"{name}: a copy of scale 0 is not the input bit for bit")
+        if not noise_close(got, expected, source).all():
+            raise KernelError(f"{name} differs from the CPU kernel beyond the noise tolerance")
     for got, expected in zip(gpu_state, cpu_state):
         if not torch.allclose(got.cpu(), expected, rtol=1e-12, atol=1e-12):
             raise KernelError("covariance differs from the CPU kernel")
@@ -348,6 +380,152 @@ def mask_rows(x: torch.Tensor, keys: list[int], thresholds: list[int], inner: in
         _launch(cuda, "mask_rows", x, *args)
     else:
         _C.mask_rows(*args)
+    return data
+
+
+# How far two backends' noisy elements may lie apart (csrc/noise.h): one unit in the last place of
+# the dtype, plus this fraction of the noise added. The backends' normals differ by their log and cos
+# only (relative 2^-49 at most, from the libraries' published bounds); the rest of the arithmetic is
+# the same IEEE double operations, whose roundings the margin to 2^-48 covers.
+NOISE_RELATIVE_TOLERANCE = 2.0**-48
+_MANTISSA_BITS = {torch.float32: 23, torch.float64: 52, torch.bfloat16: 7, torch.float16: 10}
+_MIN_EXPONENT = {torch.float32: -126, torch.float64: -1022, torch.bfloat16: -126, torch.float16: -14}
+
+
+def _bits(x: torch.Tensor) -> torch.Tensor:
+    """x's elements as the integers of their bits (-0.0 differs from +0.0, a NaN equals its own bits)."""
+    return x.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()])
+
+
+def noise_close(got: torch.Tensor, expected: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Per element, whether a noisy result agrees with another backend's within the noise tolerance
+    of csrc/noise.h: both NaN, neighbours in the dtype (or equal), or |got - expected| <= ulp +
+    2^-48 |expected - source|, ulp one unit in the last place of the dtype at the larger magnitude
+    and source the element before its noise was added. The three tensors have the same shape
+    (compared in logical order)."""
+    got, expected, source = (t.cpu().contiguous() for t in (got, expected, source))
+    close = torch.eq(_bits(got), _bits(expected))
+    differ = ~close
+    if not differ.any():
+        return close
+    got, expected, source = got[differ], expected[differ], source[differ]
+    # Neighbours in the dtype's order (the largest finite value and infinity included) are close.
+    ordinals = []
+    for t in (got, expected):
+        bits = _bits(t).to(torch.int64)
+        magnitude = bits & (2 ** (8 * t.element_size() - 1) - 1)
+        ordinals.append(torch.where(bits < 0, -magnitude, magnitude))
+    neighbours = ((ordinals[0] - ordinals[1]).abs() <= 1) | (got.isnan() & expected.isnan())
+    wide, reference_value = got.to(torch.float64), expected.to(torch.float64)
+    magnitude = torch.maximum(wide.abs(), reference_value.abs())
+    exponent = torch.frexp(magnitude).exponent.to(torch.float64) - 1          # magnitude in [2^e, 2^(e+1))
+    ulp = torch.exp2(torch.clamp(exponent, min=_MIN_EXPONENT[got.dtype]) - _MANTISSA_BITS[got.dtype])
+    allowed = ulp + NOISE_RELATIVE_TOLERANCE * (reference_value - source.to(torch.float64)).abs()
+    close[differ] = neighbours | ((wide - reference_value).abs() <= allowed)
+    return close
+
+
+def _noise_arguments(kernel: str, x: torch.Tensor, rows: int, keys: list[int], scales: list[float],
+                     unit_std: torch.Tensor, inner: int, first_example: int) -> torch.Tensor:
+    """The checks every pointer of a noise kernel depends on; returns unit_std as the kernels read it
+    (contiguous float64 on x's device)."""
+    if len(scales) != len(keys):
+        # The kernels read one scale per key: fewer would be read past their end.
+        raise FuFastError(f"{kernel}: {len(keys)} noise keys but {len(scales)} scales")
+    if not keys:
+        raise FuFastError(f"{kernel}: no noisy copies asked for (no keys)")
+    if rows == 0:
+        raise FuFastError(f"{kernel}: the tensor has no rows")
+    if not all(math.isfinite(scale) and scale >= 0 for scale in scales):
+        raise FuFastError(f"{kernel}: noise scales must be finite and >= 0, got {list(scales)}")
+    if inner < 1 or x[0].numel() % inner:
+        raise FuFastError(f"{kernel}: a row of {x[0].numel()} elements is not a whole number of units of "
+                          f"{inner} elements")
+    units = x[0].numel() // inner
+    if not isinstance(unit_std, torch.Tensor) or unit_std.dtype != torch.float64 or unit_std.numel() != units:
+        raise FuFastError(f"{kernel}: unit_std must be a float64 tensor of {units} values, one per unit")
+    if unit_std.device != x.device:
+        raise FuFastError(f"{kernel}: unit_std is on {unit_std.device}, the tensor on {x.device}")
+    if not 0 <= first_example <= 2**63 - 1 - rows:
+        raise FuFastError(f"{kernel}: first_example must be >= 0 (the global index of the batch's first example), "
+                          f"got {first_example}")
+    return unit_std.contiguous()
+
+
+def _noise_table(keys: list[int], scales: list[float], device: torch.device) -> torch.Tensor:
+    """The kernels' noise on ``device``: the K keys (as signed int64) then the bits of the K float64
+    scales, one int64 tensor, sent as _mask_table sends masks."""
+    table = torch.cat([signed_keys(keys), torch.tensor(scales, dtype=torch.float64).view(torch.int64)])
+    if device.type == "cuda":
+        table = table.pin_memory().to(device, non_blocking=True)
+    return table
+
+
+def expand_noise(x: torch.Tensor, keys: list[int], scales: list[float], unit_std: torch.Tensor, inner: int,
+                 first_example: int, *, backend: str | None = None) -> torch.Tensor:
+    """K noisy copies of a layer output x of shape (B, ...), stacked to (K*B, ...): copy k adds
+    Gaussian noise of standard deviation scales[k] * unit_std[u] to every element of unit u.
+
+    The noise of example b, element e is normal(keys[k], first_example + b, e) of csrc/noise.h, a
+    deterministic function of the key, the example's global index and the element's NCHW index, so
+    every backend, batch size and split of the batch draws the same values. Units are consecutive
+    runs of ``inner`` elements of a row in NCHW order, as in expand_masked; unit_std is a float64
+    tensor of one standard deviation per unit on x's device. Computed in float64 and rounded to
+    nearest in x's dtype. A copy of scale 0, and every element of a unit whose standard deviation is
+    0, is x bit for bit. A channels_last input gives a channels_last output with the same noise.
+    """
+    num_copies, batch = len(keys), x.shape[0]
+    std = _noise_arguments("expand_noise", x, batch, keys, scales, unit_std, inner, first_example)
+    units = x[0].numel() // inner
+    cuda = _entry_points(backend, x) if x.device.type == "cuda" else None
+    if cuda is None and x.device.type != "cpu":
+        return reference.expand_noise(x, keys, scales, std, inner, first_example)
+    code = _dtype_code(x)
+    src, channels, spatial, channels_last = _row_layout(x)
+    out = torch.empty((num_copies * batch,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device,
+                      memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    table = _noise_table(keys, scales, x.device)
+    args = (src.data_ptr(), out.data_ptr(), batch, units, inner, channels, spatial, channels_last, code,
+            table.data_ptr(), table[num_copies:].data_ptr(), std.data_ptr(), first_example, num_copies)
+    if cuda is not None:
+        _launch(cuda, "expand_noise", x, *args)
+    else:
+        _C.expand_noise(*args)
+    return out
+
+
+def noise_rows(x: torch.Tensor, keys: list[int], scales: list[float], unit_std: torch.Tensor, inner: int,
+               first_example: int, *, backend: str | None = None) -> torch.Tensor:
+    """Adds the noise of expand_noise in place to K copies of a layer output: x has shape (K*B, ...)
+    with K = len(keys), and copy k, rows k*B .. (k+1)*B - 1, gets copy k's noise, row k*B + b that
+    of example first_example + b (noise_rows(x.repeat(K, ...)) equals expand_noise(x)).
+
+    A copy of scale 0 is left as it is, not even read, and so is every element of a unit whose
+    standard deviation is 0. x is changed in place and returned when it is contiguous or a
+    channels_last 4-d tensor; any other x is not modified: a contiguous copy of it is changed and
+    returned instead, so use the returned tensor.
+    """
+    num_copies = len(keys)
+    if num_copies == 0 or x.shape[0] == 0 or x.shape[0] % num_copies:
+        # The kernels read num_copies * batch rows: any other row count would read past x.
+        raise FuFastError(f"noise_rows: the tensor has {x.shape[0]} rows, which are not {num_copies} noisy copies "
+                          f"of a batch (a positive multiple of {num_copies} rows)")
+    batch = x.shape[0] // num_copies
+    std = _noise_arguments("noise_rows", x, batch, keys, scales, unit_std, inner, first_example)
+    units = x[0].numel() // inner
+    data, channels, spatial, channels_last = _row_layout(x)
+    cuda = _entry_points(backend, x) if x.device.type == "cuda" else None
+    if cuda is None and x.device.type != "cpu":
+        # The reference is not in place: its result is copied into the rows the kernels would change.
+        return data.copy_(reference.noise_rows(data, keys, scales, std, inner, first_example))
+    code = _dtype_code(x)
+    table = _noise_table(keys, scales, x.device)
+    args = (data.data_ptr(), batch, units, inner, channels, spatial, channels_last, code, table.data_ptr(),
+            table[num_copies:].data_ptr(), std.data_ptr(), first_example, num_copies)
+    if cuda is not None:
+        _launch(cuda, "noise_rows", x, *args)
+    else:
+        _C.noise_rows(*args)
     return data
 
 

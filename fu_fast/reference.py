@@ -80,6 +80,82 @@ def mask_rows(x: torch.Tensor, keys: list[int], thresholds: list[int], inner: in
     return masked.reshape(x.shape)
 
 
+_TWO_PI = 6.283185307179586    # the double nearest 2 pi
+
+
+def normal(key: int, example, element) -> np.ndarray:
+    """normal(key, example, element) of csrc/noise.h for arrays of examples and elements (broadcast
+    together): keyed standard normals from NumPy uint64 counters and a float64 Box-Muller."""
+    example = np.asarray(example, dtype=np.int64).astype(np.uint64)
+    element = np.asarray(element, dtype=np.int64).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        seed = _mix64(np.uint64(key & _MASK64) ^ _mix64(example))
+        counter = seed ^ _mix64(element)
+        z1 = _mix64(counter + np.uint64(_GOLDEN))
+        z2 = _mix64(counter + np.uint64((2 * _GOLDEN) & _MASK64))
+    u1 = ((z1 >> np.uint64(11)) + np.uint64(1)).astype(np.float64) * 2.0**-53     # (0, 1]
+    u2 = (z2 >> np.uint64(11)).astype(np.float64) * 2.0**-53                        # [0, 1)
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(_TWO_PI * u2)
+
+
+def round_to_dtype(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """float64 values rounded to nearest even in dtype (on their device). float64 -> float32 is one
+    correct conversion; bfloat16 and float16 are reached through float32 rounded to odd (truncated,
+    its last bit set when inexact), which keeps the one rounding correct: PyTorch's own
+    float64 -> float16/bfloat16 conversion rounds twice, through float32 to nearest."""
+    if dtype == torch.float64:
+        return values.clone()
+    single = values.to(torch.float32)
+    if dtype == torch.float32:
+        return single
+    back = single.to(torch.float64)
+    inexact = (back != values).to(torch.int32)
+    bits = single.view(torch.int32) - (back.abs() > values.abs()).to(torch.int32)   # truncate toward zero
+    return (bits | inexact).view(torch.float32).to(dtype)
+
+
+def _noise_sigma(scales: list[float], unit_std: torch.Tensor, inner: int, device) -> torch.Tensor:
+    """(K, row) noise standard deviations scales[k] * unit_std[u] per element, in float64."""
+    per_element = unit_std.to(device=device, dtype=torch.float64).repeat_interleave(inner)
+    return torch.tensor(scales, dtype=torch.float64, device=device)[:, None] * per_element[None, :]
+
+
+def _noisy(rows: torch.Tensor, keys: list[int], scales: list[float], unit_std: torch.Tensor, inner: int,
+           first_example: int) -> torch.Tensor:
+    """rows (K, B, row) in NCHW order with copy k's noise added: the float64 sum rounded to the dtype,
+    and src's bits where the scale or sigma is 0."""
+    copies, batch, row = rows.shape
+    examples = first_example + np.arange(batch, dtype=np.int64)[:, None]
+    elements = np.arange(row, dtype=np.int64)[None, :]
+    normals = torch.from_numpy(np.stack([normal(key, examples, elements) if scale != 0 else np.zeros((batch, row))
+                                         for key, scale in zip(keys, scales)])).to(rows.device)
+    sigma = _noise_sigma(scales, unit_std, inner, rows.device)[:, None, :]                  # (K, 1, row)
+    noisy = round_to_dtype(rows.to(torch.float64) + sigma * normals, rows.dtype)
+    unchanged = (sigma == 0) | (torch.tensor(scales, dtype=torch.float64, device=rows.device) == 0)[:, None, None]
+    return torch.where(unchanged, rows, noisy)
+
+
+def expand_noise(x: torch.Tensor, keys: list[int], scales: list[float], unit_std: torch.Tensor, inner: int,
+                 first_example: int) -> torch.Tensor:
+    """K noisy copies of x (B, ...) stacked to (K*B, ...): copy k, example b, element e (NCHW order) is
+    x + scales[k] * unit_std[e // inner] * normal(keys[k], first_example + b, e), computed in float64
+    and rounded to x's dtype; x's bits where that standard deviation is 0. The normals are drawn
+    with NumPy on the CPU."""
+    batch, row = x.shape[0], x[0].numel()
+    rows = x.reshape(1, batch, row).expand(len(keys), batch, row)
+    return _noisy(rows, keys, scales, unit_std, inner, first_example).reshape((len(keys) * batch,) + tuple(x.shape[1:]))
+
+
+def noise_rows(x: torch.Tensor, keys: list[int], scales: list[float], unit_std: torch.Tensor, inner: int,
+               first_example: int) -> torch.Tensor:
+    """x (K*B, ...) with copy k (rows k*B .. (k+1)*B - 1) given copy k's noise, as expand_noise; a new
+    tensor."""
+    copies = len(keys)
+    batch = x.shape[0] // copies
+    rows = x.reshape(copies, batch, x[0].numel())
+    return _noisy(rows, keys, scales, unit_std, inner, first_example).reshape(x.shape)
+
+
 def label_agreement(logits: torch.Tensor, base_labels: torch.Tensor, num_masks: int) -> torch.Tensor:
     """Per mask, the count of rows whose argmax equals the base label."""
     labels = logits.argmax(dim=1).reshape(num_masks, -1)

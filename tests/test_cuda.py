@@ -96,6 +96,70 @@ def test_mask_rows_handles_unaligned_rows(dtype, generator):
     assert torch.equal(bits(out.cpu()), bits(reference.mask_rows(storage[1:].view(6, 64), [5, 9], [10, 40], 1)))
 
 
+def gpu_normals(key, examples, elements, first_example=0, backend=None):
+    """normal(key, first_example + b, e) as a GPU computes it: the noise of a float64 zero with scale 1
+    and unit standard deviation 1 is the normal itself."""
+    zeros = torch.zeros(examples, elements, dtype=torch.float64, device="cuda")
+    ones = torch.ones(elements, dtype=torch.float64, device="cuda")
+    return kernels.expand_noise(zeros, [key], [1.0], ones, 1, first_example, backend=backend).cpu().numpy()
+
+
+@pytest.mark.parametrize("first_example", [0, 2**40 - 100])
+def test_gpu_normals_are_within_2_to_the_minus_49_of_the_reference(first_example):
+    """libdevice's log and cos are not the C library's (csrc/noise.h): the GPU's normals agree with
+    the NumPy reference and the CPU kernel to a relative 2^-49, and most of them exactly."""
+    for key in (0, 2**64 - 1, 0x243F6A8885A308D3):
+        got = gpu_normals(key, 500, 1000, first_example)
+        expected = reference.normal(key, first_example + np.arange(500)[:, None], np.arange(1000)[None, :])
+        cpu = kernels.expand_noise(torch.zeros(500, 1000, dtype=torch.float64), [key], [1.0],
+                                   torch.ones(1000, dtype=torch.float64), 1, first_example).numpy()
+        for other in (expected, cpu):
+            assert (np.abs(got - other) <= 2.0**-49 * np.abs(other)).all()
+            assert (got == other).mean() > 0.9
+
+
+def noise_inputs(shape, unit, dtype, channels_last, generator):
+    x = torch.randn(shape, generator=generator).to(dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    inner = shape[2] * shape[3] if unit == "channel" else 1
+    units = x[0].numel() // inner
+    unit_std = torch.rand(units, generator=generator, dtype=torch.float64) + 0.25
+    unit_std[0] = 0.0
+    return x, inner, [11, 11, 2**63 + 3, 7, 7], [0.0, 0.1, 1.0, 3.0, 0.0], unit_std
+
+
+def check_noisy_copies(on_gpu, on_cpu, source, scales):
+    """Copies of scale 0 bit for bit; the rest within the tolerance of csrc/noise.h."""
+    batch = source.shape[0] // len(scales)
+    for k, scale in enumerate(scales):
+        if scale == 0:
+            assert torch.equal(bits(on_gpu[k * batch:(k + 1) * batch].contiguous()),
+                               bits(source[k * batch:(k + 1) * batch].contiguous()))
+    assert kernels.noise_close(on_gpu, on_cpu, source).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, unit, channels_last", [
+    ((1, 5), "position", False), ((3, 37), "position", False), ((2, 3, 5, 7), "position", False),
+    ((2, 3, 5, 7), "channel", False), ((2, 3, 5, 7), "position", True), ((3, 8, 6, 6), "channel", True),
+    ((9, 33, 31, 29), "position", True)])
+def test_noise_agrees_with_the_cpu_kernel_within_the_tolerance(dtype, shape, unit, channels_last, generator):
+    x, inner, keys, scales, unit_std = noise_inputs(shape, unit, dtype, channels_last, generator)
+    first = 2**33 + 1
+    on_cpu = kernels.expand_noise(x, keys, scales, unit_std, inner, first)
+    on_gpu = kernels.expand_noise(x.cuda(), keys, scales, unit_std.cuda(), inner, first)
+    assert on_gpu.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    copies = torch.cat([x] * len(keys))
+    check_noisy_copies(on_gpu.cpu(), on_cpu, copies, scales)
+    # In place, on the copies stacked on the device.
+    on_device = copies.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    on_device = on_device.cuda()
+    in_place = kernels.noise_rows(on_device, keys, scales, unit_std.cuda(), inner, first)
+    assert in_place is on_device
+    check_noisy_copies(in_place.cpu(), on_cpu, copies, scales)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("masks_, batch, classes", [(1, 1, 1), (5, 7, 11), (3, 33, 1000), (2, 5, 37)])
 def test_label_agreement_equals_the_cpu_kernel(dtype, masks_, batch, classes, generator):
@@ -179,8 +243,8 @@ def gpu_backends():
 @pytest.mark.parametrize("shape", [(4, 8, 4, 4), (4, 6, 5, 5)])     # rows of 512 bytes (16-byte path), 600 bytes
 def test_every_gpu_backend_gives_the_cpu_bits(shape, generator):
     """The compiled and the cupy kernels agree with the CPU kernels bit for bit (ranks, both
-    expansion and in-place masking paths, agreement) and the covariance to rounding, subnormal
-    inputs included."""
+    expansion and in-place masking paths, agreement), the keyed noise within its tolerance and the
+    covariance to rounding, subnormal inputs included."""
     backends = gpu_backends()
     if len(backends) < 1:
         pytest.skip("no CUDA kernels (compiled or cupy) to compare")
@@ -203,6 +267,13 @@ def test_every_gpu_backend_gives_the_cpu_bits(shape, generator):
                            bits(kernels.mask_rows(copies.clone(), keys, thresholds, 1)))
         assert torch.equal(kernels.label_agreement(logits.cuda(), base.cuda(), 3, backend=backend).cpu(),
                            kernels.label_agreement(logits, base, 3))
+        # Keyed noise within the tolerance of csrc/noise.h (the copy of scale 0 bit for bit).
+        unit_std = torch.rand(x[0].numel(), generator=generator, dtype=torch.float64) + 0.5
+        scales, copies = [0.0, 1.0, 2.0], x.repeat(len(keys), 1, 1, 1)
+        noisy = kernels.expand_noise(x.cuda(), keys, scales, unit_std.cuda(), 1, 3, backend=backend).cpu()
+        check_noisy_copies(noisy, kernels.expand_noise(x, keys, scales, unit_std, 1, 3), copies, scales)
+        in_place = kernels.noise_rows(copies.cuda(), keys, scales, unit_std.cuda(), 1, 3, backend=backend)
+        check_noisy_copies(in_place.cpu(), noisy, copies, scales)
         state = [t.cuda() * 0 for t in cpu_state]
         kernels.covariance_accumulate(x.cuda(), rows.cuda(), state[0], state[1], state[2].view(shape[1], -1),
                                       backend=backend)

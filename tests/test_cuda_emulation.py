@@ -138,7 +138,8 @@ def test_only_the_synchronising_kernels_get_a_thread_per_cuda_thread(emu):
             if not name.startswith("fu_emu_")}
     assert csrc == {"fu_permutation_ranks": (False, 0), "fu_expand_masked_vec16": (False, 0),
                     "fu_expand_masked_scalar": (False, 0), "fu_mask_rows_vec16": (False, 0),
-                    "fu_mask_rows_scalar": (False, 0), "fu_label_agreement": (True, 0),
+                    "fu_mask_rows_scalar": (False, 0), "fu_expand_noise": (False, 0), "fu_noise_rows": (False, 0),
+                    "fu_label_agreement": (True, 0),
                     "fu_covariance_batch_mean": (True, 0), "fu_covariance_cross": (True, 256),
                     "fu_covariance_merge_comoment": (False, 0), "fu_covariance_merge_mean": (True, 0)}
     # ... and the launches carry that decision.
@@ -314,6 +315,117 @@ def test_mask_rows_takes_16_byte_accesses_only_where_the_rows_are_aligned(emu, d
     check_masking(*mask_both(emu, x, keys, thresholds, inner, channels_last, offset))
     vec16 = offset == 0
     assert (emu.launches("fu_mask_rows_vec16"), emu.launches("fu_mask_rows_scalar")) == (vec16, not vec16)
+
+
+def noise_input(shape, unit, dtype, generator):
+    """x, inner, keys (repeated), scales (0 among them) and unit standard deviations (unit 0's zero)."""
+    x = torch.randn(shape, generator=generator).to(dtype)
+    inner = shape[2] * shape[3] if unit == "channel" else 1
+    units = x[0].numel() // inner
+    a, b, c = random_keys(3, numpy_rng(generator))
+    unit_std = torch.rand(units, generator=generator, dtype=torch.float64) + 0.25
+    unit_std[0] = 0.0
+    return x, inner, [a, a, b, c, c], [0.0, 0.3, 1.0, 2.5, 0.0], unit_std
+
+
+def noise_args(x, inner, keys, scales, unit_std, channels_last, first_example, table):
+    """The binding's arguments after the data pointer(s), with table the keys then the scales' bits."""
+    units = x[0].numel() // inner
+    channels = x.shape[1]
+    return (x.shape[0], units, inner, channels, x[0].numel() // channels, channels_last, DTYPE_CODES[x.dtype],
+            table.data_ptr(), table[len(keys):].data_ptr(), unit_std.data_ptr(), first_example, len(keys))
+
+
+def noise_table(keys, scales):
+    return torch.cat([kernels.signed_keys(keys), torch.tensor(scales, dtype=torch.float64).view(torch.int64)])
+
+
+def in_memory_order(x, channels_last):
+    return (x.permute(0, 2, 3, 1) if channels_last else x).contiguous().flatten()
+
+
+@pytest.mark.parametrize("dtype", list(DTYPE_CODES), ids=case_id)
+@pytest.mark.parametrize("rows", ["odd", "multiple of 16 bytes"])
+@pytest.mark.parametrize("layout", list(EXPANSION_LAYOUTS))
+def test_expand_noise_equals_the_cpu_byte_for_byte_and_the_reference(emu, dtype, rows, layout, generator):
+    """The emulated CUDA twin computes its normals with the host's log and cos, the C library's that the
+    CPU kernel calls (both built with -ffp-contract=off), so every other difference would be a
+    difference of the kernels' arithmetic: the bytes must be equal. Against the NumPy reference, the
+    tolerance of csrc/noise.h."""
+    odd_shape, even_shape, unit, channels_last = EXPANSION_LAYOUTS[layout]
+    x, inner, keys, scales, unit_std = noise_input(odd_shape if rows == "odd" else even_shape, unit, dtype, generator)
+    first = 2**40 + 3
+    table = noise_table(keys, scales)
+    args = noise_args(x, inner, keys, scales, unit_std, channels_last, first, table)
+    src = in_memory_order(x, channels_last)
+    emulated, cpu = (torch.full((len(keys) * src.numel(),), float("nan"), dtype=dtype) for _ in range(2))
+    emu.module.expand_noise(src.data_ptr(), emulated.data_ptr(), *args, stream=0)
+    _C.expand_noise(src.data_ptr(), cpu.data_ptr(), *args)
+    assert torch.equal(bits(emulated), bits(cpu))
+    expected = reference.expand_noise(x, keys, scales, unit_std, inner, first)
+    copies = torch.cat([x] * len(keys))
+    assert kernels.noise_close(emulated, in_memory_order(expected, channels_last),
+                               in_memory_order(copies, channels_last)).all()
+    batch_rows = src.numel()
+    for k in (0, 4):                                                      # scale 0: the input's bits
+        assert torch.equal(bits(emulated[k * batch_rows:(k + 1) * batch_rows]), bits(src))
+    # One thread per element of a copy's batch rows, blockIdx.y the copy.
+    assert emu.launches("fu_expand_noise") == 1
+    assert emu.last_config("fu_expand_noise") == (((src.numel() + 255) // 256, len(keys), 1), (256, 1, 1))
+
+
+@pytest.mark.parametrize("dtype", list(DTYPE_CODES), ids=case_id)
+@pytest.mark.parametrize("layout", list(EXPANSION_LAYOUTS))
+def test_noise_rows_equals_the_cpu_byte_for_byte_in_place(emu, dtype, layout, generator):
+    odd_shape, _, unit, channels_last = EXPANSION_LAYOUTS[layout]
+    x, inner, keys, scales, unit_std = noise_input(odd_shape, unit, dtype, generator)
+    first = 5
+    table = noise_table(keys, scales)
+    args = noise_args(x, inner, keys, scales, unit_std, channels_last, first, table)
+    memory = in_memory_order(torch.cat([x] * len(keys)), channels_last)
+    data, cpu = memory.clone(), memory.clone()
+    emu.module.noise_rows(data.data_ptr(), *args, stream=0)
+    _C.noise_rows(cpu.data_ptr(), *args)
+    assert torch.equal(bits(data), bits(cpu))
+    # The in-place twin of the expansion: the same bytes as fu_expand_noise gives.
+    src = in_memory_order(x, channels_last)
+    expanded = torch.empty_like(memory)
+    emu.module.expand_noise(src.data_ptr(), expanded.data_ptr(), *args, stream=0)
+    assert torch.equal(bits(data), bits(expanded))
+    assert emu.last_config("fu_noise_rows") == (((src.numel() + 255) // 256, len(keys), 1), (256, 1, 1))
+
+
+def test_noise_rows_leaves_a_copy_of_scale_0_unread(emu):
+    """Blocks of a copy whose scale is 0 return before touching the rows: NaN-boxed sentinels there
+    (which any arithmetic would quiet) keep their bits, and so do the elements of a unit whose
+    standard deviation is 0."""
+    rows = torch.full((3 * 2 * 40,), 0x7FA00001, dtype=torch.int32)       # a signalling NaN with a payload
+    rows[80:160] = torch.arange(80, dtype=torch.float32).view(torch.int32)   # copy 1 gets noise
+    unit_std = torch.ones(40, dtype=torch.float64)
+    unit_std[7] = 0.0
+    keys, scales = [1, 2, 3], [0.0, 1.0, 0.0]
+    table = noise_table(keys, scales)
+    before = rows.clone()
+    emu.module.noise_rows(rows.data_ptr(), 2, 40, 1, 40, 1, False, 0, table.data_ptr(), table[3:].data_ptr(),
+                          unit_std.data_ptr(), 0, 3, stream=0)
+    assert torch.equal(rows[:80], before[:80]) and torch.equal(rows[160:], before[160:])
+    changed = rows[80:160] != before[80:160]
+    assert not changed[7] and not changed[47] and changed.sum() == 78
+
+
+def test_more_than_65535_noisy_copies_are_refused_by_the_launcher(emu):
+    x = torch.randn(2, 8)
+    table = torch.zeros(2 * 65_536, dtype=torch.int64)
+    unit_std = torch.ones(8, dtype=torch.float64)
+    out = torch.empty(8)
+    with pytest.raises(ValueError, match="^expand_noise_cuda: at most 65535 copies per call$"):
+        emu.module.expand_noise(x.data_ptr(), out.data_ptr(), 2, 8, 1, 8, 1, False, 0, table.data_ptr(),
+                                table[65_536:].data_ptr(), unit_std.data_ptr(), 0, 65_536, stream=0)
+    with pytest.raises(ValueError, match="^noise_rows_cuda: at most 65535 copies per call$"):
+        emu.module.noise_rows(out.data_ptr(), 1, 8, 1, 8, 1, False, 0, table.data_ptr(), table[65_536:].data_ptr(),
+                              unit_std.data_ptr(), 0, 65_536, stream=0)
+    for kernel in ("fu_expand_noise", "fu_noise_rows"):
+        assert emu.launches(kernel) == emu.refused(kernel) == 0
 
 
 @pytest.mark.parametrize("dtype", list(DTYPE_CODES), ids=case_id)
@@ -599,3 +711,70 @@ def test_mask_rows_indexes_a_49_gb_tensor_with_64_bits(emu, tmp_path, channels_l
         assert os.stat(tmp_path / "data").st_blocks * 512 < 64 << 20                # still sparse
     finally:
         (tmp_path / "data").unlink()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_expand_noise_indexes_a_49_gb_output_with_64_bits(emu, tmp_path, channels_last, generator):
+    """The 49 GB output of the masked expansion test above with noise instead of masks: K=60 noisy
+    copies of B=256 examples of 256 channels at 56x56, float32, unit = position, in a sparse file.
+    Only the grid's last block runs: it takes elements of example 167 of the last copy, past 2^32
+    elements into the output, which must hold the CPU kernel's bytes for that example's row (run on
+    that row alone, its first_example the example's global index)."""
+    num_copies, batch, channels, height, width = 60, 256, 256, 56, 56
+    spatial = height * width
+    row = channels * spatial                           # elements, also units (unit = position)
+    work = batch * row                                 # elements of one copy
+    out_bytes = num_copies * work * 4
+    guard = 4096
+    if shutil.disk_usage(tmp_path).free < 1 << 30:
+        pytest.skip("less than 1 GiB free for the sparse files")
+    sparse_file(tmp_path / "src", work * 4)
+    sparse_file(tmp_path / "dst", out_bytes + guard)
+    try:
+        src = np.memmap(tmp_path / "src", dtype=np.float32, mode="r+", shape=(work,))
+        dst = np.memmap(tmp_path / "dst", dtype=np.uint8, mode="r+", shape=(out_bytes + guard,))
+        out = dst[:out_bytes].view(np.float32)
+
+        # The last block of the grid (x capped at 65535 * 8 blocks) takes elements first .. first + 255
+        # of the copy's batch rows, all in one example's row.
+        blocks_x = min((work + 255) // 256, 65535 * 8)
+        first_element = (blocks_x - 1) * 256
+        assert first_element + blocks_x * 256 >= work            # one pass of the grid-stride loop
+        example, offset = divmod(first_element, row)
+        assert offset + 256 <= row
+        rng = numpy_rng(generator)
+        src[first_element:first_element + 256] = rng.standard_normal(256, dtype=np.float32)
+        last = (num_copies - 1) * work
+        sentinel = np.uint32(0x7FA5A5A5)                  # a NaN no kernel writes
+        out.view(np.uint32)[last + first_element - 16:last + first_element] = sentinel
+        dst[out_bytes:] = 0xA5
+        assert last + first_element > 2**32                  # past 32-bit element (and byte) indices
+
+        keys = random_keys(num_copies, rng)
+        table = noise_table(keys, [0.5] * num_copies)
+        unit_std = torch.rand(row, generator=generator, dtype=torch.float64) + 0.5
+        global_first = 2**40 + 11
+        args = (row, 1, channels, spatial, channels_last, 0, table.data_ptr(), table[num_copies:].data_ptr(),
+                unit_std.data_ptr(), global_first, num_copies)
+        emu.lib.fu_emu_set_block_range(blocks_x * num_copies - 1, blocks_x * num_copies)
+        emu.module.expand_noise(src.ctypes.data, dst.ctypes.data, batch, *args, stream=0)
+        assert emu.last_config("fu_expand_noise") == ((blocks_x, num_copies, 1), (256, 1, 1))
+        assert emu.blocks_run("fu_expand_noise") == 1
+
+        # The CPU kernel on that example's row alone, as the last copy: the same bytes.
+        one_row = torch.from_numpy(np.array(src[example * row:(example + 1) * row]))
+        expected = torch.empty_like(one_row)
+        last_table = noise_table(keys[-1:], [0.5])
+        _C.expand_noise(one_row.data_ptr(), expected.data_ptr(), 1, row, 1, channels, spatial, channels_last, 0,
+                        last_table.data_ptr(), last_table[1:].data_ptr(), unit_std.data_ptr(), global_first + example,
+                        1)
+        got = out[last + first_element:last + first_element + 256]
+        np.testing.assert_array_equal(got.view(np.uint32), expected[offset:offset + 256].numpy().view(np.uint32))
+        assert (got != src[first_element:first_element + 256]).all()
+        assert (out.view(np.uint32)[last + first_element - 16:last + first_element] == sentinel).all()
+        assert (dst[out_bytes:] == 0xA5).all()                                     # nothing past the output
+        del src, dst, out, got
+        assert os.stat(tmp_path / "dst").st_blocks * 512 < 64 << 20                 # still sparse
+    finally:
+        for name in ("src", "dst"):
+            (tmp_path / name).unlink()

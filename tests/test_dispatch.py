@@ -165,9 +165,10 @@ def test_cupy_cache_key_holds_every_header(monkeypatch, tmp_path):
 
     shutil.copytree(cupy_kernels.source_dir(), tmp_path / "csrc")
     monkeypatch.setattr(cupy_kernels, "source_dir", lambda: tmp_path / "csrc")
-    before = {name: cupy_kernels.program_text(name) for name in ("ablation_cuda.cu", "covariance_cuda.cu")}
+    before = {name: cupy_kernels.program_text(name) for name in ("ablation_cuda.cu", "noise_cuda.cu",
+                                                                 "covariance_cuda.cu")}
     assert before["ablation_cuda.cu"].endswith((tmp_path / "csrc/cuda/ablation_cuda.cu").read_text())
-    for header in ("common.h", "permutation.h", "ablation.h", "covariance.h"):
+    for header in ("common.h", "permutation.h", "ablation.h", "noise.h", "covariance.h"):
         path = tmp_path / "csrc" / header
         original = path.read_text()
         path.write_text(original + "\n// changed\n")
@@ -187,6 +188,12 @@ def test_cupy_launcher_checks_what_the_compiled_launcher_checks():
         jit.mask_rows(16, 1, 4, 1, 4, 1, False, 3, 16, 16, 1, stream=0)
     with pytest.raises(ValueError, match="^mask_rows_cuda: at most 65535 masks"):
         jit.mask_rows(16, 1, 4, 1, 4, 1, False, 4, 16, 16, 65536, stream=0)
+    with pytest.raises(ValueError, match="^expand_noise_cuda: at most 65535 copies per call$"):
+        jit.expand_noise(16, 16, 1, 4, 1, 4, 1, False, 0, 16, 16, 16, 0, 65536, stream=0)
+    with pytest.raises(ValueError, match="^noise_rows_cuda: at most 65535 copies per call$"):
+        jit.noise_rows(16, 1, 4, 1, 4, 1, False, 0, 16, 16, 16, 0, 65536, stream=0)
+    with pytest.raises(ValueError, match="^unknown dtype code$"):
+        jit.noise_rows(16, 1, 4, 1, 4, 1, False, 4, 16, 16, 16, 0, 1, stream=0)
     with pytest.raises(ValueError, match="too many channels"):
         jit.covariance_accumulate(16, 0, 1, 32 * 65536, 1, 1, 1, 0, 16, 1, 16, 16, 16, workspace=16, stream=0)
 
@@ -213,6 +220,7 @@ def nvrtc_ptx(code: bytes, program_name: str, options: tuple[str, ...]) -> bytes
 @pytest.mark.parametrize("source, kernels_expected", [
     ("ablation_cuda.cu", ["fu_permutation_ranks", "fu_expand_masked_vec16", "fu_expand_masked_scalar",
                           "fu_mask_rows_vec16", "fu_mask_rows_scalar", "fu_label_agreement"]),
+    ("noise_cuda.cu", ["fu_expand_noise", "fu_noise_rows"]),
     ("covariance_cuda.cu", ["fu_covariance_batch_mean", "fu_covariance_cross", "fu_covariance_merge_comoment",
                             "fu_covariance_merge_mean"])])
 def test_cuda_sources_compile_at_run_time_with_nvrtc(source, kernels_expected):
@@ -236,6 +244,27 @@ def test_kernels_keep_subnormals_when_compiled_with_flush_to_zero(source, tmp_pa
                     cupy_kernels.compile_options("compute_90") + ("-ftz=true",))
     assert not re.findall(rb"\S*\.ftz\S*", ptx)
     assert b".f32" not in ptx
+
+
+def test_noise_kernels_compute_the_same_when_compiled_with_flush_to_zero():
+    """The noise kernels compute in double, but libdevice's log holds one single-precision
+    instruction: on its special-case path (zero, negative, infinite or NaN input) it compares the
+    input's high word, as a float, with zero to tell log(0) = -inf from a NaN. cupy's -ftz=true
+    turns that comparison into one that also takes a subnormal float as zero (a negative double
+    below 2^-1015 would then give -inf), and changes nothing else. u1 lies in [2^-53, 1] and never
+    takes that path, so the cupy kernels compute what the compiled ones do."""
+    options = cupy_kernels.compile_options("compute_90")
+    plain, flushing = (nvrtc_ptx(cupy_kernels.program_text("noise_cuda.cu").encode(), "noise_cuda.cu", options + extra)
+                       .decode().splitlines() for extra in ((), ("-ftz=true",)))
+    assert len(plain) == len(flushing)
+    changed = [(a, b) for a, b in zip(plain, flushing) if a != b]
+    assert changed and all(re.fullmatch(r"\s*setp\.eq\.f32\s+%p\d+, %f\d+, 0f00000000;", a)
+                           and b == a.replace("setp.eq.f32", "setp.eq.ftz.f32") for a, b in changed)
+    # The comparison is the only single-precision instruction (the one other .ftz instruction, an
+    # approximate double reciprocal, is .ftz under every option).
+    single = {line.split()[0] for line in flushing if ".f32" in line and not line.lstrip().startswith(".reg")}
+    assert single == {"setp.eq.ftz.f32"}
+    assert {line.split()[0] for line in plain if ".ftz" in line} == {"rcp.approx.ftz.f64"}
 
 
 class FakeCupy:
@@ -280,7 +309,7 @@ def test_cupy_kernels_are_loaded_on_the_device_they_run_on(monkeypatch):
     finally:
         cupy_kernels.load.cache_clear()
     kernels_per_load = len(fake.fetched) // 2
-    assert kernels_per_load == 10 and len({name for name, _ in fake.fetched}) == kernels_per_load
+    assert kernels_per_load == 12 and len({name for name, _ in fake.fetched}) == kernels_per_load
     assert {device for _, device in fake.fetched[:kernels_per_load]} == {1}
     assert {device for _, device in fake.fetched[kernels_per_load:]} == {0}
     assert fake.current == 0

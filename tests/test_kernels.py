@@ -334,3 +334,288 @@ def test_label_agreement_tells_subnormals_apart(dtype):
     logits = torch.tensor([[tiny, 2 * tiny, 0.0], [0.0, -tiny, -0.0], [-tiny, -2 * tiny, -0.0]]).to(dtype)
     assert (logits[0, 1] > logits[0, 0]) and logits[0, 0] > 0
     assert torch.equal(kernels.label_agreement(logits, torch.tensor([1, 0, 2]), 1), torch.tensor([3]))
+
+
+# Keyed Gaussian noise (csrc/noise.h): normal(key, example, element), expand_noise and noise_rows.
+
+def kernel_normals(key: int, examples: int, elements: int, first_example: int = 0) -> np.ndarray:
+    """normal(key, first_example + b, e) for b < examples, e < elements, from the CPU kernel: the noise
+    of a float64 zero with scale 1 and unit standard deviation 1 is the normal itself (0 + 1 * n)."""
+    zeros = torch.zeros(examples, elements, dtype=torch.float64)
+    return kernels.expand_noise(zeros, [key], [1.0], torch.ones(elements, dtype=torch.float64), 1,
+                                first_example).numpy()
+
+
+def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """How many float64 values lie between a and b, plus one (0 when equal; +0.0 and -0.0 are equal)."""
+    def ordinal(v):
+        bits = np.ascontiguousarray(v, dtype=np.float64).view(np.int64)
+        magnitude = bits & np.int64(2**63 - 1)
+        return np.where(bits < 0, -magnitude, magnitude)
+    return np.abs(ordinal(a) - ordinal(b))
+
+
+def test_normals_are_standard_normal():
+    """10^6 draws: mean, variance, tail mass and the whole distribution (Kolmogorov-Smirnov) within
+    5 standard errors of N(0, 1)."""
+    n = kernel_normals(0x243F6A8885A308D3, 1000, 1000).ravel()
+    count = n.size
+    assert abs(n.mean()) < 5 / np.sqrt(count)
+    assert abs(n.var() - 1) < 5 * np.sqrt(2 / count)
+    tail = 2 * float(torch.special.ndtr(torch.tensor(-3.0, dtype=torch.float64)))        # P(|n| > 3)
+    assert abs((np.abs(n) > 3).mean() - tail) < 5 * np.sqrt(tail * (1 - tail) / count)
+    cdf = torch.special.ndtr(torch.from_numpy(np.sort(n))).numpy()
+    steps = np.arange(1, count + 1) / count
+    ks = max(np.abs(steps - cdf).max(), np.abs(steps - 1 / count - cdf).max())
+    assert ks < 1.95 / np.sqrt(count)          # the Kolmogorov-Smirnov critical value at 0.1%
+    assert np.isfinite(n).all() and np.abs(n).max() < 8.6    # sqrt(-2 ln 2^-53) = 8.57 bounds |n|
+
+
+def test_normals_are_uncorrelated_across_keys_examples_and_elements():
+    """Correlations (of the values and of their squares) between draws of other keys, neighbouring
+    examples and neighbouring elements, near 0 (5 standard errors of 10^6 pairs)."""
+    a = kernel_normals(1, 1000, 1000)
+    limit = 5 / np.sqrt(a.size)
+    pairs = {
+        "keys 1 and 2": (a, kernel_normals(2, 1000, 1000)),
+        "keys 0 and 2^64 - 1": (kernel_normals(0, 1000, 1000), kernel_normals(2**64 - 1, 1000, 1000)),
+        "neighbouring examples": (a[:-1], a[1:]),
+        "neighbouring elements": (a[:, :-1], a[:, 1:]),
+        "examples 2^40 apart": (a, kernel_normals(1, 1000, 1000, first_example=2**40)),
+        "element e and example e": (a, a.T),
+    }
+    for name, (x, y) in pairs.items():
+        assert abs(np.corrcoef(x.ravel(), y.ravel())[0, 1]) < limit, name
+        assert abs(np.corrcoef(x.ravel() ** 2, y.ravel() ** 2)[0, 1]) < limit, name
+
+
+@pytest.mark.parametrize("first_example", [0, 2**40 - 100, 2**62 + 3])
+def test_normals_equal_the_reference_within_2_ulp(first_example):
+    """The CPU kernel's normals against reference.normal (NumPy counters, NumPy's float64 log and cos):
+    the counters and every other operation are the same, and NumPy's log and cos are within an ulp of
+    the C library's, so at most 2 ulp apart, and nearly always equal (csrc/noise.h)."""
+    examples, elements = 200, 1000
+    for key in [0, 2**64 - 1] + random_keys(2, seed=first_example % 1000):
+        got = kernel_normals(key, examples, elements, first_example)
+        expected = reference.normal(key, first_example + np.arange(examples)[:, None], np.arange(elements)[None, :])
+        distance = ulp_distance(got, expected)
+        assert distance.max() <= 2
+        assert (distance == 0).mean() > 0.99
+
+
+def noise_case(shape, unit, dtype, generator, copies=5, channels_last=False):
+    """(x, inner, keys, scales, unit_std): keys with repeats, scales 0 and in between, unit
+    standard deviations around 1 with unit 0's zero (a dead unit)."""
+    x = torch.randn(shape, generator=generator).to(dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    inner = shape[2] * shape[3] if unit == "channel" else 1
+    units = x[0].numel() // inner
+    a, b, c = random_keys(3, seed=units)
+    keys = [a, b, a, c, c, a][:copies]
+    scales = [0.0, 0.1, 1.0, 3.0, 0.5, 0.0][:copies]
+    unit_std = torch.rand(units, generator=generator, dtype=torch.float64) * 2 + 0.1
+    if units > 1:
+        unit_std[0] = 0.0
+    return x, inner, keys, scales, unit_std
+
+
+NOISE_SHAPES = [((1, 1), "position"), ((3, 7), "position"), ((2, 129), "position"), ((5, 3, 4, 5), "position"),
+                ((1, 1, 1, 1), "position"), ((5, 3, 4, 5), "channel"), ((2, 7, 3, 3), "channel"),
+                # large enough for the multi-threaded paths
+                ((64, 4099), "position"), ((9, 33, 31, 29), "channel")]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,unit", NOISE_SHAPES)
+def test_expand_noise_matches_reference(dtype, shape, unit, generator):
+    x, inner, keys, scales, unit_std = noise_case(shape, unit, dtype, generator)
+    batch, first = shape[0], 12_345
+    out = kernels.expand_noise(x, keys, scales, unit_std, inner, first)
+    expected = reference.expand_noise(x, keys, scales, unit_std, inner, first)
+    assert out.shape == (len(keys) * batch,) + shape[1:] and out.dtype == dtype
+    close = kernels.noise_close(out, expected, stacked(x, len(keys)))
+    assert close.all()
+    assert torch.eq(bits(out), bits(expected)).float().mean() > 0.99      # the same bits, but for rare elements
+    # Copy 0 (scale 0) is x bit for bit; unit 0 (standard deviation 0) keeps its bits in every copy.
+    assert torch.equal(bits(out[:batch]), bits(x))
+    if unit_std.numel() > 1:
+        units_of = out.reshape(len(keys), batch, -1, inner)
+        assert torch.equal(bits(units_of[:, :, 0]), bits(x.reshape(1, batch, -1, inner)[:, :, 0].expand_as(
+            units_of[:, :, 0])))
+    # The noise has the standard deviation asked for: a unit's noise over many elements (float64).
+    if dtype == torch.float64 and out.numel() > 10**5:
+        noise = (out.reshape(len(keys), batch, -1, inner) - x.reshape(1, batch, -1, inner)) / \
+            unit_std.reshape(1, 1, -1, 1).clamp(min=1e-300)
+        for k in (1, 2, 3):
+            sample = noise[k][:, 1:].flatten() / scales[k]
+            assert abs(float(sample.std()) - 1) < 5 * np.sqrt(2 / sample.numel()) + 1e-12
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_expand_noise_rounds_the_float64_sum_to_nearest_even(dtype, generator):
+    """With the kernel's own normals, x + sigma * n computed in float64 and rounded to nearest even
+    (reference.round_to_dtype) is the kernel's result bit for bit, for inputs of every magnitude:
+    subnormal results, results that overflow to infinity, and noise from far below an ulp to far
+    above x."""
+    integer = BITS[dtype.itemsize]
+    limits = torch.iinfo(integer)
+    batch, row = 64, 515
+    x = torch.randint(limits.min, limits.max, (batch, row), dtype=integer, generator=generator).view(dtype)
+    x[~torch.isfinite(x)] = 0.0
+    x[:4] *= torch.finfo(dtype).tiny                  # subnormal and tiny values
+    exponents = torch.randint(-160, 60, (row,), generator=generator).to(torch.float64)
+    if dtype == torch.float64:
+        exponents = exponents * 6
+    unit_std = torch.exp2(exponents)                  # noise of every magnitude, one per element (unit)
+    unit_std[:3] = torch.finfo(dtype).max             # overflow to infinity
+    key, scale, first = 77, 1.5, 2**33
+    out = kernels.expand_noise(x, [key], [scale], unit_std, 1, first)
+    normals = torch.from_numpy(kernel_normals(key, batch, row, first))
+    expected = reference.round_to_dtype(x.double() + (scale * unit_std)[None, :] * normals, dtype)
+    assert torch.equal(bits(out), bits(expected))
+    assert torch.isinf(out).any()
+    if dtype != torch.float64:
+        assert ((out != 0) & (out.abs() < torch.finfo(dtype).tiny)).any()          # subnormal results
+    if dtype in (torch.float32, torch.float16):
+        # The reference's rounding is the direct conversion (NumPy converts float64 to float16 in one
+        # rounding), checked on the same sums.
+        sums = (x.double() + (scale * unit_std)[None, :] * normals).numpy()
+        numpy_dtype = np.float16 if dtype == torch.float16 else np.float32
+        with np.errstate(over="ignore"):
+            direct = torch.from_numpy(sums.astype(numpy_dtype))
+        assert torch.equal(bits(direct), bits(expected))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape,unit", [((3, 5, 4, 7), "position"), ((2, 7, 3, 3), "channel"),
+                                        ((1, 1, 2, 2), "position"), ((9, 33, 31, 29), "position")])
+def test_expand_noise_of_channels_last_equals_nchw(dtype, shape, unit, generator):
+    """The noise of an element depends on its NCHW index and its unit only: a channels_last input
+    gets the same values, bit for bit, in a channels_last output."""
+    x, inner, keys, scales, unit_std = noise_case(shape, unit, dtype, generator, channels_last=True)
+    out = kernels.expand_noise(x, keys, scales, unit_std, inner, 5)
+    if shape[1] > 1:     # a (B, 1, H, W) or (B, C, 1, 1) tensor is both layouts at once
+        assert not out.is_contiguous() and out.is_contiguous(memory_format=torch.channels_last)
+    nchw = kernels.expand_noise(x.contiguous(), keys, scales, unit_std, inner, 5)
+    assert torch.equal(bits(out.contiguous()), bits(nchw))
+
+
+def test_noise_does_not_depend_on_how_the_batch_is_split(generator):
+    """Examples are numbered globally: the batch in three pieces (first_example the piece's start)
+    gets the noise of the whole batch, expanded and in place."""
+    x, inner, keys, scales, unit_std = noise_case((10, 3, 5, 7), "position", torch.float32, generator)
+    copies, first = len(keys), 1_000_000
+    whole = kernels.expand_noise(x, keys, scales, unit_std, inner, first).reshape(copies, 10, -1)
+    pieces = [(0, 3), (3, 4), (4, 10)]
+    parts = [kernels.expand_noise(x[a:b], keys, scales, unit_std, inner, first + a).reshape(copies, b - a, -1)
+             for a, b in pieces]
+    assert torch.equal(bits(torch.cat(parts, dim=1)), bits(whole))
+    parts = [kernels.noise_rows(stacked(x[a:b], copies), keys, scales, unit_std, inner, first + a)
+             .reshape(copies, b - a, -1) for a, b in pieces]
+    assert torch.equal(bits(torch.cat(parts, dim=1)), bits(whole))
+    # Another first example is other noise.
+    other = kernels.expand_noise(x, keys, scales, unit_std, inner, first + 1).reshape(copies, 10, -1)
+    assert (other[1] != whole[1]).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,unit,channels_last", [((5, 33, 7, 5), "position", False),
+                                                      ((5, 33, 7, 5), "channel", False),
+                                                      ((5, 33, 7, 5), "position", True),
+                                                      ((3, 8, 6, 6), "channel", True), ((7, 37), "position", False),
+                                                      ((64, 4099), "position", False)])
+def test_noise_rows_of_stacked_copies_equals_expand_noise_in_place(dtype, shape, unit, channels_last, generator):
+    x, inner, keys, scales, unit_std = noise_case(shape, unit, dtype, generator, copies=6,
+                                                  channels_last=channels_last)
+    rows = stacked(x, len(keys))
+    address = rows.data_ptr()
+    out = kernels.noise_rows(rows, keys, scales, unit_std, inner, 9)
+    assert out is rows and out.data_ptr() == address                   # changed where it lies
+    assert torch.equal(bits(out.contiguous()), bits(kernels.expand_noise(x, keys, scales, unit_std, inner, 9)
+                                                    .contiguous()))
+    batch = shape[0]
+    assert torch.equal(bits(out[:batch]), bits(x)) and torch.equal(bits(out[5 * batch:]), bits(x))   # scale 0
+    assert kernels.noise_close(out, reference.noise_rows(stacked(x, len(keys)), keys, scales, unit_std, inner, 9),
+                               stacked(x, len(keys))).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_noise_keeps_every_bit_where_its_standard_deviation_is_0(dtype):
+    """A copy of scale 0 and the units of standard deviation 0 keep NaN payloads, signalling NaNs,
+    infinities, -0.0 and subnormals, expanded and in place; elsewhere NaN stays NaN and an infinity
+    stays that infinity."""
+    integer = BITS[dtype.itemsize]
+    limits = torch.iinfo(integer)
+    original = torch.randint(limits.min, limits.max, (4, 53), dtype=integer,
+                             generator=torch.Generator().manual_seed(dtype.itemsize))
+    original[:, :16] |= torch.tensor(float("inf"), dtype=dtype).view(integer)   # exponent all ones: NaN, inf
+    original[:, 16] = limits.min                                               # -0.0
+    original[:, 17] = 1                                                        # the smallest subnormal
+    original[:, 18:22] = torch.tensor([float("inf"), float("inf"), -float("inf"), -float("inf")],
+                                      dtype=dtype).view(integer)
+    x = original.view(dtype)
+    unit_std = torch.ones(53, dtype=torch.float64)
+    unit_std[::2] = 0.0                                  # even units keep their bits in every copy
+    keys, scales = [7, 8], [0.0, 2.0]
+    out = kernels.expand_noise(x, keys, scales, unit_std, 1, 0)
+    in_place = kernels.noise_rows(stacked(x, 2), keys, scales, unit_std, 1, 0)
+    for result in (out, in_place):
+        assert torch.equal(bits(result[:4]), original)                            # scale 0
+        assert torch.equal(bits(result[4:, ::2]), original[:, ::2])               # standard deviation 0
+        noisy, before = result[4:, 1::2], x[:, 1::2]
+        assert torch.equal(torch.isnan(noisy), torch.isnan(before))
+        infinite = torch.isinf(before)
+        assert infinite.any() and torch.equal(noisy[infinite], before[infinite])
+        small = before.abs() < 1                       # noise of standard deviation 2 changes these
+        assert small.any() and (noisy[small] != before[small]).float().mean() > 0.9
+
+
+def test_noise_kernels_refuse_what_would_read_past_their_buffers():
+    x, std = torch.zeros(4, 6), torch.ones(6, dtype=torch.float64)
+    with pytest.raises(FuFastError, match="^expand_noise: 2 noise keys but 1 scales$"):
+        kernels.expand_noise(x, [1, 2], [1.0], std, 1, 0)
+    with pytest.raises(FuFastError, match="no noisy copies"):
+        kernels.expand_noise(x, [], [], std, 1, 0)
+    with pytest.raises(FuFastError, match="must be finite and >= 0"):
+        kernels.expand_noise(x, [1], [-1.0], std, 1, 0)
+    with pytest.raises(FuFastError, match="must be finite and >= 0"):
+        kernels.expand_noise(x, [1], [float("nan")], std, 1, 0)
+    with pytest.raises(FuFastError, match="^expand_noise: unit_std must be a float64 tensor of 3 values, one per unit"):
+        kernels.expand_noise(x, [1], [1.0], std, 2, 0)
+    with pytest.raises(FuFastError, match="unit_std must be a float64 tensor"):
+        kernels.expand_noise(x, [1], [1.0], std.float(), 1, 0)
+    with pytest.raises(FuFastError, match="not a whole number of units of 4 elements"):
+        kernels.expand_noise(x, [1], [1.0], std, 4, 0)
+    with pytest.raises(FuFastError, match="first_example must be >= 0"):
+        kernels.expand_noise(x, [1], [1.0], std, 1, -1)
+    with pytest.raises(FuFastError, match="first_example must be >= 0"):
+        kernels.expand_noise(x, [1], [1.0], std, 1, 2**63 - 2)
+    with pytest.raises(FuFastError, match="has no rows"):
+        kernels.expand_noise(torch.zeros(0, 6), [1], [1.0], std, 1, 0)
+    with pytest.raises(FuFastError, match="unsupported dtype"):
+        kernels.expand_noise(x.int(), [1], [1.0], std, 1, 0)
+    with pytest.raises(FuFastError, match=r"^noise_rows: the tensor has 4 rows, which are not 3 noisy copies of a "
+                                          r"batch \(a positive multiple of 3 rows\)$"):
+        kernels.noise_rows(x, [1, 2, 3], [1.0, 1.0, 1.0], std, 1, 0)
+    with pytest.raises(FuFastError, match="^noise_rows: 2 noise keys but 1 scales$"):
+        kernels.noise_rows(x, [1, 2], [1.0], std, 1, 0)
+    # The bindings check what reaches them directly.
+    with pytest.raises(ValueError, match="^unknown dtype code$"):
+        _C.expand_noise(8, 8, 1, 1, 1, 1, 1, False, 9, 8, 8, 8, 0, 1)
+    with pytest.raises(ValueError, match="^expand_noise: first_example must be >= 0"):
+        _C.expand_noise(8, 8, 1, 1, 1, 1, 1, False, 0, 8, 8, 8, -1, 1)
+    with pytest.raises(ValueError, match="^noise_rows: sizes must be positive"):
+        _C.noise_rows(8, 0, 1, 1, 1, 1, False, 0, 8, 8, 8, 0, 1)
+    with pytest.raises(ValueError, match="^unit_std: null pointer"):
+        _C.noise_rows(8, 1, 1, 1, 1, 1, False, 0, 8, 8, 0, 0, 1)
+
+
+def test_noise_non_contiguous_input_gets_a_changed_contiguous_copy(generator):
+    base = torch.randn(6, 9, 5, generator=generator)
+    x = base.transpose(1, 2)
+    before = bits(x).clone()
+    std = torch.ones(45, dtype=torch.float64)
+    out = kernels.noise_rows(x, [3, 4, 5], [0.0, 1.0, 2.0], std, 1, 0)
+    assert out.data_ptr() != x.data_ptr() and out.is_contiguous() and torch.equal(bits(x), before)
+    assert torch.equal(bits(out), bits(kernels.noise_rows(x.contiguous(), [3, 4, 5], [0.0, 1.0, 2.0], std, 1, 0)))

@@ -13,7 +13,8 @@ from fu_fast.analysis.result import AnalysisResult
 from conftest import mlp, small_cnn
 
 LAYER_KEYS = {"name", "kind", "unit", "expanded_at", "units", "ablation_units", "reference_units",
-              "reference_ablation_units", "prunability", "redundancy", "correlation", "selectivity"}
+              "reference_ablation_units", "prunability", "redundancy", "correlation", "selectivity", "orders",
+              "noise"}
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +28,13 @@ def result():
 def test_document_has_exactly_the_spec_fields(result):
     doc = result.to_dict()
     assert set(doc) == {"schema", "model", "data", "trial", "settings", "layers", "summary", "timing", "build"}
-    assert doc["schema"] == "fu-fast/analysis/1" and doc["trial"] == 2
+    assert doc["schema"] == "fu-fast/analysis/2" and doc["trial"] == 2
     assert doc["model"] == {"name": "small_cnn", "width": 0.5,
                             "parameters": sum(p.numel() for p in small_cnn(3).parameters()),
                             "accuracy": None, "options": {"init": "he"}}
     assert doc["data"] == {"name": "noise", "examples": 24, "predictions": 24, "split": "test", "options": {}}
     assert set(doc["settings"]) == {"tolerance", "pca_tolerance", "repeats", "levels", "sample_cap", "unit",
-                                    "seed", "precision", "device"}
+                                    "seed", "orders", "noise_levels", "precision", "device"}
     assert doc["settings"]["precision"] == "fp64" and doc["settings"]["device"] == "cpu"
     assert len(doc["settings"]["levels"]) == 21
     for layer in doc["layers"]:
@@ -117,3 +118,22 @@ def test_a_damaged_document_is_named_in_one_line(tmp_path, content, fragment):
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
     with pytest.raises(fu_fast.FuFastError, match="cannot read"):
         fu_fast.AnalysisResult.load(tmp_path / "missing.json")
+
+
+def test_a_version_1_document_reads_back_with_the_new_keys_empty(result, tmp_path):
+    """Documents of fu-fast/analysis/1 lack what version 2 added; they still load."""
+    doc = result.to_dict()
+    doc["schema"] = "fu-fast/analysis/1"
+    del doc["data"]["predictions"]
+    for key in ("orders", "noise_levels"):
+        del doc["settings"][key]
+    for layer in doc["layers"]:
+        for key in ("unit", "expanded_at", "selectivity", "orders", "noise"):
+            del layer[key]
+        del layer["redundancy"]["components_80"], layer["correlation"]["similar_units"]
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(doc))
+    loaded = AnalysisResult.load(path)
+    for name, layer in loaded.layers.items():
+        assert layer.expanded_at == name and layer.selectivity is None and layer.components_80 is None
+    assert loaded.to_dict()["schema"] == "fu-fast/analysis/2"

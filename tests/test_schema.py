@@ -145,7 +145,7 @@ BROKEN = {
     "unknown key": _set(["extra"], 1),
     "unknown unit": _set(["settings", "unit"], "neuron"),
     "gpu kernels on the cpu": _set(["build", "kernels"], "native"),
-    "wrong schema version": _set(["schema"], "fu-fast/analysis/2"),
+    "wrong schema version": _set(["schema"], "fu-fast/analysis/3"),
 }
 
 

@@ -26,7 +26,7 @@ from .. import kernels
 from ..devices import resolve_device
 from ..hooks import forward_hooks
 from ..errors import FuFastError, integer_setting
-from . import ablation, layers as layer_lib, masks, orders as order_lib, pca
+from . import ablation, layers as layer_lib, masks, noise as noise_lib, orders as order_lib, pca
 from .covariance import CovarianceAccumulator, PositionSample
 from .inputs import Batches
 from .outputs import forward_to_logits
@@ -54,7 +54,7 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None,
             data_info: dict | None = None, trial: int | None = None,
             progress: Callable[[int, int], None] | None = None, distributed: bool | None = None,
             logits: Callable | None = None, token_mask: Callable | None = None,
-            orders: Sequence[str] = ("random",)) -> AnalysisResult:
+            orders: Sequence[str] = ("random",), noise_levels: Sequence[float] | None = None) -> AnalysisResult:
     """Prunability, redundancy and correlations of a model's layers, in one pass over data.
 
     Args:
@@ -104,10 +104,15 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None,
             always included) and targeted ones, "activation", "weight_norm", "redundancy",
             "selectivity" and each "<order>_reverse" (fu_fast.analysis.orders). Orders that read
             the data take their statistics from a first pass, so the data is read twice.
+        noise_levels: with levels (from 0, increasing, e.g. [0, 0.25, 0.5, 1, 2]), label agreement
+            under Gaussian noise of std = level x each unit's std added to the layer, per repeat,
+            and the level where it falls to 1 - tolerance (fu_fast.analysis.noise); the units'
+            stds come from a first pass.
     """
     settings = AnalysisSettings(tolerance=tolerance, pca_tolerance=pca_tolerance, repeats=repeats, levels=levels,
                                 sample_cap=sample_cap, unit=unit, seed=seed)
     orders = order_lib.check_orders(orders)
+    noise_levels = noise_lib.check_levels(noise_levels)
     if batch_size is not None:
         batch_size = integer_setting(batch_size, "batch_size")
     if isinstance(layers, str):
@@ -134,7 +139,7 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None,
         with torch.inference_mode(), _numerics(device, precision), _module_by_module():
             passes, skipped, predictions, correct = _one_pass(model, batches, layers, settings, device, dtype,
                                                               channels_last, memory_budget, progress, logits,
-                                                              token_mask, orders, group)
+                                                              token_mask, orders, noise_levels, group)
     finally:
         for module, training in was_training.items():
             module.train(training)
@@ -144,7 +149,7 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None,
         raise FuFastError("token_mask left no token of the data to compare")
     selectivity_labels = "true" if batches.labels_known else "predicted"
     results = {p.layer.name: _layer_result(p, settings, predictions, selectivity_labels) for p in passes}
-    record_orders = {"orders": list(orders)} if orders != ("random",) else {}
+    record_orders = {"orders": list(orders), "noise_levels": None if noise_levels is None else list(noise_levels)}
 
     # Zoo models and data sets describe themselves (fu_fast.models, fu_fast.data).
     info = dict(model_info or getattr(model, "fu_fast_config", None) or {})
@@ -181,11 +186,12 @@ class LayerPass:
     element_sums: torch.Tensor | None = None  # per ablation unit, the sum of its activations (activation order)
     feeding: bool = True                      # whether this pass over the data feeds the statistics
     statistics: dict = field(default_factory=dict)   # order statistics known before the data (weight norms)
+    noise: noise_lib.NoisePlan | None = None   # noise copies and their counts
 
-    def chunks(self, rows: int, budget: int) -> Iterator[tuple[ablation.Masks, torch.Tensor, torch.Tensor]]:
+    def chunks(self, rows: int, budget: int, first_example: int) -> Iterator[tuple]:
         """(masks, counts, index) per group of masks whose expanded passes over ``rows`` rows fit the
-        budget: the random orders' masks, then the targeted orders'; each mask's agreement goes to
-        counts[index]."""
+        budget: the random orders' masks, then the targeted orders', then the noise copies (of the
+        batch whose first example is ``first_example``); each mask's agreement goes to counts[index]."""
         size = max(1, budget // max(1, rows * self.layer.suffix_bytes_per_row))
         keys, thresholds = list(self.plan.keys), list(self.plan.thresholds)
         for start in range(0, len(keys), size):
@@ -198,6 +204,12 @@ class LayerPass:
                 stop = min(start + size, len(where))
                 yield (ablation.Masks(ordered_thresholds[start:stop], ranks=ranks[start:stop]), self.ordered.counts,
                        torch.tensor(where[start:stop], device=self.counts.device))
+        if self.noise is not None:
+            keys, scales, where = self.noise.copies()
+            for start in range(0, len(where), size):
+                stop = min(start + size, len(where))
+                yield (noise_lib.NoiseCopies(keys[start:stop], scales[start:stop], self.noise.unit_std, first_example),
+                       self.noise.counts, torch.tensor(where[start:stop], device=self.counts.device))
 
     def feed(self, output: torch.Tensor, first_example: int, rows: int) -> None:
         """Merge the sampled positions of the unmasked rows (the first ``rows``) into the moments,
@@ -227,13 +239,17 @@ class LayerPass:
 
 
 def _one_pass(model, batches, layer_names, settings: AnalysisSettings, device, dtype, channels_last, memory_budget,
-              progress, logits, token_mask, orders, group) -> tuple[list[LayerPass], list[dict], torch.Tensor,
-                                                                    torch.Tensor]:
+              progress, logits, token_mask, orders, noise_levels, group) -> tuple[list[LayerPass], list[dict],
+                                                                                  torch.Tensor, torch.Tensor]:
     """Per batch, one expanded pass per analysed layer (the first one also yields the base labels
     and every layer's statistics); returns the layers' records, the candidates skipped, the number
     of predictions compared (examples, or tokens) and the count of correct labels. Targeted orders
     that read the data get a first pass for the statistics, and the ablation pass reuses them."""
     passes, skipped = _plan(model, batches, layer_names, settings, device, dtype, channels_last, logits, orders)
+    for layer_pass in passes:
+        layer_pass.noise = noise_lib.NoisePlan.build(layer_pass.layer.name, noise_levels, settings.repeats,
+                                                     settings.seed, device)
+    first_pass = order_lib.needs_data(orders) or noise_levels is not None
     forward = forward_to_logits(model, logits)
     if device.type == "cpu":
         # Rows for expanded passes of about CPU_PASS_BYTES: per-batch overheads are small, and the
@@ -241,7 +257,7 @@ def _one_pass(model, batches, layer_names, settings: AnalysisSettings, device, d
         # more in page faults than in copying). No result depends on the batch size.
         per_row = max(p.layer.suffix_bytes_per_row * (p.plan.num_masks + 1) for p in passes)
         batches.resize(max(CPU_MIN_ROWS, CPU_PASS_BYTES // max(1, per_row)))
-    if order_lib.needs_data(orders):
+    if first_pass:
         _statistics_pass(forward, batches, passes, device, dtype, channels_last, token_mask)
         batches.passes += 1
         if group is not None:
@@ -249,12 +265,17 @@ def _one_pass(model, batches, layer_names, settings: AnalysisSettings, device, d
         _check_finite_statistics(passes)
         for layer_pass in passes:
             layer_pass.feeding = False
-            _rank_orders(layer_pass, batches.examples, device)
+            if order_lib.needs_data(orders):
+                _rank_orders(layer_pass, batches.examples, device)
+            if layer_pass.noise is not None:
+                std = np.sqrt(np.clip(np.diag(layer_pass.moments.covariance()), 0.0, None))
+                layer_pass.noise.unit_std = torch.from_numpy(
+                    order_lib.per_ablation_unit(std, layer_pass.layer)).to(device)
     predictions, correct = _ablation_pass(forward, batches, passes, device, dtype, channels_last,
                                           memory_budget or _default_budget(device), progress, token_mask)
     if group is not None:
         _combine_counts(passes, predictions, correct, device)
-        if not order_lib.needs_data(orders):
+        if not first_pass:
             _combine_statistics(passes, device)
     _check_finite_statistics(passes)
     return passes, skipped, predictions, correct
@@ -274,7 +295,7 @@ def _ablation_pass(forward, batches, passes: list[LayerPass], device, dtype, cha
         rows = x.shape[0]
         base = None
         for layer_pass in [lead] + [p for p in passes if p is not lead]:
-            for chunk in layer_pass.chunks(rows, budget):
+            for chunk in layer_pass.chunks(rows, budget, first):
                 if base is None:   # the first chunk is the lead's random masks: keyed
                     base, counted, finite, classes = _lead_pass(forward, x, passes, lead, chunk, first, token_mask)
                     output_finite &= finite
@@ -482,7 +503,14 @@ def _layer_result(layer_pass: LayerPass, settings: AnalysisSettings, predictions
         orders=None if layer_pass.ordered is None else {
             order: {"curve": curve, "prunable_fraction": ablation.prunable_fraction(settings.grid, curve,
                                                                                    settings.tolerance)}
-            for order, curve in layer_pass.ordered.curves(predictions).items()})
+            for order, curve in layer_pass.ordered.curves(predictions).items()},
+        noise=None if layer_pass.noise is None else _noise_record(layer_pass.noise, settings, predictions))
+
+
+def _noise_record(plan: noise_lib.NoisePlan, settings: AnalysisSettings, predictions: int) -> dict:
+    curves = plan.curves(predictions)
+    return {"levels": list(plan.levels), "curves": curves,
+            "tolerance_level": max(noise_lib.tolerance_level(plan.levels, c, settings.tolerance) for c in curves)}
 
 
 def _device_batches(batches, device: torch.device, dtype, channels_last: bool

@@ -115,10 +115,10 @@ def unit_scores(order: str, layer, statistics: dict) -> tuple[np.ndarray, bool]:
         return statistics["element_weight_norm"], False
     if scores is None:
         raise FuFastError(f"layer '{layer.name}': no statistics for the {order} order")
-    return _per_ablation_unit(np.asarray(scores, dtype=np.float64), layer), descending
+    return per_ablation_unit(np.asarray(scores, dtype=np.float64), layer), descending
 
 
-def _per_ablation_unit(channel_scores: np.ndarray, layer) -> np.ndarray:
+def per_ablation_unit(channel_scores: np.ndarray, layer) -> np.ndarray:
     """Scores of the C units (features, channels) for the n ablation units: each element of a
     channel (conv, unit=position: u = c*H*W + s) or of a feature at each token (token, position:
     u = t*D + d) takes its channel's score."""

@@ -11,7 +11,10 @@ from pathlib import Path
 from ..atomic import write_atomic
 from ..errors import FuFastError
 
-SCHEMA = "fu-fast/analysis/1"
+SCHEMA = "fu-fast/analysis/2"
+# Documents of the first schema lack the keys version 2 added (docs/result-format.md); they read
+# back with those as null (or, for expanded_at, the layer itself, which every layer then was).
+READABLE_SCHEMAS = (SCHEMA, "fu-fast/analysis/1")
 
 
 @dataclass
@@ -43,6 +46,8 @@ class LayerResult:
     selectivity: dict | None = None
     # Targeted ablation: {order: {"curve": [...], "prunable_fraction": p}} (fu_fast.analysis.orders)
     orders: dict | None = None
+    # Robustness to activation noise: {"levels", "curves" (per repeat), "tolerance_level"}
+    noise: dict | None = None
 
     @property
     def prunable_units(self) -> float:
@@ -76,7 +81,7 @@ class LayerResult:
             "correlation": {"mean_abs_r": self.mean_abs_r, "abs_r_quantiles": self.abs_r_quantiles,
                             "similar_units": self.similar_units},
             "selectivity": self.selectivity,
-            **({"orders": self.orders} if self.orders is not None else {}),
+            "orders": self.orders, "noise": self.noise,
         }
 
     @classmethod
@@ -88,7 +93,8 @@ class LayerResult:
                    d.get("reference_ablation_units"), unit=d.get("unit", "position"),
                    # documents from before non-cut-point layers: every layer was its own
                    expanded_at=d.get("expanded_at", d["name"]), components_80=r.get("components_80"),
-                   similar_units=c.get("similar_units"), selectivity=d.get("selectivity"), orders=d.get("orders"))
+                   similar_units=c.get("similar_units"), selectivity=d.get("selectivity"), orders=d.get("orders"),
+                   noise=d.get("noise"))
 
 
 def _mean_or_none(values: list[float | None]) -> float | None:
@@ -146,7 +152,7 @@ class AnalysisResult:
     @classmethod
     def from_dict(cls, d: dict) -> "AnalysisResult":
         """The result a document describes; ValueError, saying what is wrong, for anything else."""
-        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+        if not isinstance(d, dict) or d.get("schema") not in READABLE_SCHEMAS:
             found = d.get("schema") if isinstance(d, dict) else type(d).__name__
             raise ValueError(f"not a fu-fast analysis document (schema {found!r})")
         try:

@@ -37,8 +37,8 @@ CSRC = ROOT / "csrc"
 CACHE = ROOT / "build" / "cuda_emulation"
 
 CPP_SOURCES = [CSRC / "bindings.cpp", CSRC / "cpu" / "permutation_cpu.cpp", CSRC / "cpu" / "ablation_cpu.cpp",
-               CSRC / "cpu" / "covariance_cpu.cpp", HERE / "emulator.cpp"]
-CUDA_SOURCES = [CSRC / "cuda" / "device_cuda.cu", CSRC / "cuda" / "ablation_cuda.cu",
+               CSRC / "cpu" / "noise_cpu.cpp", CSRC / "cpu" / "covariance_cpu.cpp", HERE / "emulator.cpp"]
+CUDA_SOURCES = [CSRC / "cuda" / "device_cuda.cu", CSRC / "cuda" / "ablation_cuda.cu", CSRC / "cuda" / "noise_cuda.cu",
                 CSRC / "cuda" / "covariance_cuda.cu", HERE / "probe.cu"]
 RUNTIME_HEADER = HERE / "cuda_runtime.h"
 
@@ -205,7 +205,9 @@ def build() -> Build:
     for text in cuda_texts.values():
         kernels.update(find_kernels(text))
     includes = [HERE, CSRC, CSRC / "cuda", Path(pybind11.get_include()), Path(sysconfig.get_paths()["include"])]
-    flags = ["-std=c++17", "-O2", "-fPIC", "-pthread", "-Wall", "-Wextra", "-DFU_FAST_WITH_CUDA"]
+    # -ffp-contract=off as the real build compiles the CPU noise kernel (CMakeLists.txt): the emulated
+    # CUDA twins round every product and sum on their own, as __dmul_rn and __dadd_rn do on a GPU.
+    flags = ["-std=c++17", "-O2", "-fPIC", "-pthread", "-Wall", "-Wextra", "-ffp-contract=off", "-DFU_FAST_WITH_CUDA"]
     flags += [f"-I{path}" for path in includes]
     link_flags = ["-shared", "-pthread"]
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
