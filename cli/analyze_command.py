@@ -15,6 +15,7 @@ from fu_fast.analysis.settings import DEFAULTS, HELP
 from fu_fast.errors import FuFastError
 
 from .console import ProgressBar, err, out, user_errors
+from .data_command import fetch_if_asked
 
 
 class Unit(str, Enum):
@@ -41,8 +42,10 @@ def analyze(
                                                       "loaded weights-only and strictly (default: fresh weights)"),
     num_classes: Optional[int] = typer.Option(None, help="output logits (default: the model's; 1000 for "
                                                          "torchvision: and timm:)"),
-    data: Optional[str] = typer.Option(None, help="synthetic, cifar10 or imagenet [default: the run's]"),
+    data: Optional[str] = typer.Option(None, help="synthetic, cifar10, imagenet or digits [default: the run's]"),
     data_dir: Optional[Path] = typer.Option(None, help="data location [default: the run's]"),
+    download: bool = typer.Option(False, "--download", help="cifar10: fetch it into the data directory first if it "
+                                                            "is not there (as `fu-fast data cifar10 DIR`)"),
     split: str = typer.Option("test", help="train, val or test (imagenet: val and test are the validation set)"),
     input_dim: Optional[int] = typer.Option(None, help="synthetic data input dimension"),
     image_size: Optional[int] = typer.Option(None, help="image side [default: the model's]"),
@@ -109,8 +112,12 @@ def analyze(
             raise FuFastError("say which model to analyse: --model (and --checkpoint for trained weights)")
         options = {k: v for k, v in (("input_dim", input_dim), ("input_size", image_size),
                                      ("num_classes", num_classes)) if v is not None}
+        if data is not None:   # digits: 64-vectors for an MLP, 1x8x8 images for a conv net
+            options = data_lib.fit_model_options(data, model, options)
         torch.manual_seed(seed)   # an untrained model: the same weights in every process and every run
         net = models.build(model, 1.0 if width is None else width, **options)
+    settings = run["settings"] if run else {}
+    fetch_if_asked(download, data or settings.get("data"), data_dir or settings.get("data_dir"))
     dataset = data_lib.for_analysis(net.fu_fast_config, trained=run["settings"] if run else None, name=data,
                                     split=split, data_dir=str(data_dir) if data_dir else None,
                                     random_labels=random_labels, image_size=image_size, limit=limit)

@@ -1,6 +1,6 @@
 """The `fu-fast` command line (Typer). Installed as the package fu_fast.cli.
 
-One module per command (info, train, analyze, sweep and report, bench, compress, visualize),
+One module per command (info, data, train, analyze, sweep and report, bench, compress, visualize, map),
 registered here; what they share (consoles, the one-line error convention, the progress bar)
 is in console.py. Heavy modules (torch, the data and report packages) are imported inside the
 commands that use them.
@@ -13,8 +13,8 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from . import (analyze_command, bench_command, compress_command, info_command, sweep_command, train_command,
-               visualize_command)
+from . import (analyze_command, bench_command, compress_command, data_command, info_command, map_command,
+               sweep_command, train_command, visualize_command)
 from .console import err
 
 try:   # typer vendors click from 0.16 on; before, it depends on click
@@ -45,6 +45,7 @@ class OneLineErrors(TyperGroup):
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Measure frivolous (prunable and redundant) units of neural networks, fast.")
 app.command()(info_command.info)
+app.command()(data_command.data)
 app.command()(train_command.train)
 app.command()(analyze_command.analyze)
 app.command()(sweep_command.sweep)
@@ -52,6 +53,7 @@ app.command("report")(sweep_command.report_command)
 app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(bench_command.bench)
 app.command("compress")(compress_command.compress_command)
 app.command()(visualize_command.visualize)
+app.command("map")(map_command.map_command)
 
 
 def main() -> None:

@@ -256,15 +256,15 @@ def test_random_labels_on_images_drop_augmentation(cifar_dir):
 # ---------------------------------------------------------------- bad options
 
 def test_names():
-    assert data.names() == ["synthetic", "cifar10", "imagenet"]
+    assert data.names() == ["synthetic", "cifar10", "imagenet", "digits"]
 
 
 @pytest.mark.parametrize("args, kwargs, match", [
-    (("mnist", "train"), {}, "unknown data set 'mnist'; choose one of synthetic, cifar10, imagenet"),
+    (("mnist", "train"), {}, "unknown data set 'mnist'; choose one of synthetic, cifar10, imagenet, digits"),
     (("synthetic", "validation"), {}, "unknown split 'validation'"),
     (("synthetic", "train"), {"input_dim": 0}, "input_dim must be a positive integer, got 0"),
     (("synthetic", "train"), {"input_dim": True}, "input_dim must be a positive integer"),
-    (("synthetic", "train"), {"image_size": 32}, "image_size applies to cifar10 and imagenet"),
+    (("synthetic", "train"), {"image_size": 32}, "image_size applies to cifar10, imagenet and digits"),
     (("cifar10", "train"), {"image_size": 0}, "image_size must be a positive integer"),
     (("synthetic", "train"), {"seed": -1}, "seed must be a non-negative integer"),
 ])

@@ -273,7 +273,7 @@ def test_rebuild_from_fu_fast_config(name):
     options.update({"input_dim": 12} if name == "mlp" else {"input_size": 80})
     model = meta_build(name, 0.5, **options)
     config = json.loads(json.dumps(model.fu_fast_config))
-    recorded = {**options, "units": None} if name == "alexnet" else options   # every option is recorded
+    recorded = {**options, "in_channels": 3, "units": None} if name == "alexnet" else options   # every option
     assert config == {"name": name, "width": 0.5, "options": recorded}
     rebuilt = meta_build(config["name"], config["width"], **config["options"])
     assert shapes(rebuilt) == shapes(model) and rebuilt.fu_fast_config == model.fu_fast_config
@@ -369,3 +369,15 @@ def test_alexnet_same_padding(generator):
     net = models.build("alexnet", 0.5, input_size=24)
     assert net.fc3.in_features == 128 * 6 * 6 and net.conv1.padding == (2, 2)
     assert net(torch.randn(1, 3, 24, 24)).shape == (1, 10)
+
+
+def test_alexnet_reads_grey_8x8_images(generator):
+    """in_channels 1 and input_size 8 (scikit-learn's digits): maps of 8, 4 and 2 pixels a side."""
+    net = models.build("alexnet", 0.25, input_size=8, in_channels=1)
+    assert net.conv1.in_channels == 1 and net.fc3.in_features == 64 * 2 * 2
+    assert net.fu_fast_config["options"]["in_channels"] == 1
+    assert net(torch.randn(5, 1, 8, 8, generator=generator)).shape == (5, 10)
+    with pytest.raises(RuntimeError):   # three-channel images do not fit a one-channel conv1
+        net(torch.randn(1, 3, 8, 8))
+    with pytest.raises(FuFastError, match="in_channels must be a positive integer"):
+        models.build("alexnet", in_channels=0)

@@ -37,7 +37,8 @@ TEST_FILE = "test_batch"
 SPLIT_SEED = 0
 # Channel means and standard deviations of the 50,000 training images.
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-SOURCE = "get it from https://www.cs.toronto.edu/~kriz/cifar.html"
+SOURCE = ("fetch it with `fu-fast data cifar10 DIR` (or --download), or get it from "
+          "https://www.cs.toronto.edu/~kriz/cifar.html")
 
 
 def find(data_dir) -> Path:

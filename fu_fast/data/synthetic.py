@@ -78,8 +78,9 @@ class SyntheticDataset(Dataset):
 
 class SyntheticImages(Dataset):
     """Gaussian images for analysing an image model without an image data set: each of the
-    split's 1,000 examples is a (3, image_size, image_size) tensor of i.i.d. N(0, 1) pixels (about
-    the statistics of normalised images) with a label drawn uniformly from ``num_classes``
+    split's 1,000 examples is a (channels, image_size, image_size) tensor (3 channels unless the
+    model reads another number) of i.i.d. N(0, 1) pixels (about the statistics of normalised
+    images) with a label drawn uniformly from ``num_classes``
     (no teacher: the accuracy is chance, and the analysis compares the model's own labels).
 
     Image i is drawn when read, from a generator keyed by (seed, split, i), so a few examples cost
@@ -88,11 +89,12 @@ class SyntheticImages(Dataset):
 
     SPLIT_KEYS = {"train": 0, "test": 1}
 
-    def __init__(self, split: str, *, image_size: int, num_classes: int, seed: int = 0):
+    def __init__(self, split: str, *, image_size: int, num_classes: int, seed: int = 0, channels: int = 3):
         if split not in EXAMPLES:
             raise FuFastError(f"synthetic has train and test splits only (1,000 examples each), not {split!r}")
         self.image_size = integer_setting(image_size, "synthetic: image_size")
         self.num_classes = integer_setting(num_classes, "synthetic: num_classes")
+        self.channels = integer_setting(channels, "synthetic: channels")
         self.seed, self.split = seed, split
         self.targets = torch.randint(self.num_classes, (EXAMPLES[split],),
                                      generator=generator(seed, 3, self.SPLIT_KEYS[split]))
@@ -102,4 +104,4 @@ class SyntheticImages(Dataset):
 
     def __getitem__(self, i):
         gen = generator(self.seed, 2, self.SPLIT_KEYS[self.split], int(i))
-        return torch.randn(3, self.image_size, self.image_size, generator=gen), int(self.targets[i])
+        return torch.randn(self.channels, self.image_size, self.image_size, generator=gen), int(self.targets[i])

@@ -18,6 +18,7 @@ all keyword, each with a per-model default:
     num_classes  output logits (mlp: 2, a binary task with argmax labels; CIFAR 10; ImageNet 1000)
     input_dim    mlp only: input features (10; the paper also uses 10000)
     input_size   image models: image side (32 CIFAR, 224 ResNet18, 299 Inception; at least 75 there)
+    in_channels  alexnet only: input channels (3; 1 for grey images such as digits)
 
 Default initialisations: MLP gaussian:0.01 and Inception truncated_normal:0.1 (the paper's);
 AlexNet and the ResNets "torchvision" (He normal fan_out convs, PyTorch-default fc layers), the
@@ -116,7 +117,7 @@ def _check_option(key: str, value, defaults: dict):
                 isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in value):
             return [int(v) for v in value]
         raise FuFastError(f"units must be 4 positive integers (conv1, conv2, fc3, fc4), got {value!r}")
-    return integer_setting(value, key, least={"num_classes": 2, "input_dim": 1, "input_size": 1}[key])
+    return integer_setting(value, key, least={"num_classes": 2, "input_dim": 1, "input_size": 1, "in_channels": 1}[key])
 
 
 def _is_real(value) -> bool:

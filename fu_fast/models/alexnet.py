@@ -55,8 +55,9 @@ def _thin_record(wide: dict, thin: nn.Module) -> dict:
 
 
 # units: per-layer sizes (conv1, conv2, fc3, fc4) overriding the width's, for thinned models.
+# in_channels: 3 for CIFAR-10; 1 for grey images (scikit-learn's digits, with input_size 8).
 # epochs is a ceiling: the paper stops early on the validation split.
-@register_model("alexnet", options={"init": "torchvision", **CIFAR_OPTIONS, "units": None},
+@register_model("alexnet", options={"init": "torchvision", **CIFAR_OPTIONS, "in_channels": 3, "units": None},
                 training=dict(data="cifar10", optimizer="sgd_momentum", lr=0.01, schedule="exp:0.95",
                               batch_size=128, epochs=100, weight_decay=0.0, augment=False, patience=10),
                 thin_record=_thin_record)
@@ -64,13 +65,15 @@ class AlexNet(nn.Sequential):
     """conv1 5x5/1 (96) -> relu1 -> pool1 3x3/2 -> norm1; conv2 5x5/1 (256) -> relu2 -> pool2 ->
     norm2; fc3 (384) -> relu3 -> drop3; fc4 (192) -> relu4 -> drop4; out (classes). Counts at
     width 1; biases everywhere. Analysis layers: the four hidden layers norm1, norm2, relu3,
-    relu4. Dropout, when asked for, acts on the FC layers' outputs (after relu3 and relu4)."""
+    relu4. Dropout, when asked for, acts on the FC layers' outputs (after relu3 and relu4).
+    Any input side works (the pools halve it, rounding up: 8x8 digits give 4x4 and 2x2 maps)."""
 
-    def __init__(self, width: float, *, num_classes: int, dropout: float, input_size: int, units=None):
+    def __init__(self, width: float, *, num_classes: int, dropout: float, input_size: int, in_channels: int = 3,
+                 units=None):
         # units: explicit (conv1, conv2, fc3, fc4) sizes, for the thinner networks of
         # fu_fast.compress, whose layers shrink independently (no width factor gives them).
         sizes = tuple(units) if units is not None else tuple(scaled(n, width) for n in (96, 256, 384, 192))
-        super().__init__(self._layers(sizes, num_classes, dropout, input_size))
+        super().__init__(self._layers(sizes, num_classes, dropout, input_size, in_channels))
         self.analysis_layers = ["norm1", "norm2", "relu3", "relu4"]
 
     def layer_units(self) -> tuple[int, int, int, int]:
@@ -78,11 +81,11 @@ class AlexNet(nn.Sequential):
         return (self.conv1.out_channels, self.conv2.out_channels, self.fc3.out_features, self.fc4.out_features)
 
     @staticmethod
-    def _layers(units, num_classes: int, dropout: float, input_size: int) -> OrderedDict:
+    def _layers(units, num_classes: int, dropout: float, input_size: int, in_channels: int) -> OrderedDict:
         c1, c2, f3, f4 = units
         side = math.ceil(math.ceil(input_size / 2) / 2)   # two SAME pools of stride 2
         return OrderedDict([
-            ("conv1", nn.Conv2d(3, c1, 5, padding=2)),      # 'SAME' for an odd kernel at stride 1
+            ("conv1", nn.Conv2d(in_channels, c1, 5, padding=2)),   # 'SAME' for an odd kernel at stride 1
             ("relu1", nn.ReLU()),
             ("pool1", MaxPool2dSame(3, 2)),
             ("norm1", tf_local_response_norm()),
