@@ -60,6 +60,12 @@ def analyze(
     levels: int = typer.Option(DEFAULTS.levels, help="number of ablation fractions from 0 to 1"),
     sample_cap: int = typer.Option(DEFAULTS.sample_cap, help=HELP["sample_cap"]),
     unit: Unit = typer.Option(DEFAULTS.unit, help=HELP["unit"]),
+    orders: Optional[List[str]] = typer.Option(None, "--orders",
+                                               help="ablation order (repeatable): random, activation, weight_norm, "
+                                                    "redundancy, selectivity, or ORDER_reverse (random is always "
+                                                    "included)"),
+    noise_levels: Optional[str] = typer.Option(None, help="noise curves at these levels, comma-separated multiples of "
+                                                          "each unit's std from 0, e.g. 0,0.5,1,2"),
     seed: int = typer.Option(DEFAULTS.seed, help="seed of the masks, the position sample and an untrained model's "
                                                  "weights"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N [default: cuda if usable; under torchrun, "
@@ -90,6 +96,11 @@ def analyze(
 
     if result_file is not None:
         check_writable_file(result_file)
+    # Checked before any model or data is loaded.
+    from fu_fast.analysis import noise as noise_lib
+    from fu_fast.analysis import orders as order_lib
+    order_list = list(order_lib.check_orders(["random", *(o for o in orders or () if o != "random")]))
+    noise_list = noise_lib.check_levels(_number_list(noise_levels, "--noise-levels"))
     if batch_size is not None and batch_size < 1:
         raise FuFastError(f"--batch-size must be positive, got {batch_size}")
     if workers is not None and workers < 0:
@@ -134,6 +145,7 @@ def analyze(
             result = fu_fast.analyze(net.to(target), loader, layers=layers or None, tolerance=tolerance,
                                      pca_tolerance=pca_tolerance, repeats=repeats, levels=levels,
                                      sample_cap=sample_cap, unit=unit.value, seed=seed, device=target,
+                                     orders=order_list, noise_levels=noise_list,
                                      precision=precision.value if precision else None,
                                      channels_last=channels_last, progress=report)
     finally:
@@ -165,6 +177,16 @@ def _build_external(model: str, *, width, checkpoint, weights, num_classes, imag
     if data in ("cifar10", "imagenet") and "input_size" not in net.fu_fast_config["options"]:
         raise FuFastError(f"{model} declares no image size: say it with --image-size N for {data} images")
     return net
+
+
+def _number_list(text: str | None, flag: str) -> list[float] | None:
+    """"0,0.5,1" -> [0.0, 0.5, 1.0]; FuFastError naming the flag for anything else."""
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise FuFastError(f"{flag} takes comma-separated numbers, e.g. 0,0.5,1, got {text!r}") from None
 
 
 def _check_agrees_with_checkpoint(config: dict, flags: dict) -> None:

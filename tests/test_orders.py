@@ -126,3 +126,28 @@ def test_a_document_with_orders_validates_against_the_schema(tmp_path):
     document["layers"][0]["orders"]["redundancy_reverse"]["curve"] = [1.5, 0.2]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft202012Validator(schema).validate(document)
+
+
+def test_the_command_line_takes_orders_and_noise_levels(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from fu_fast.cli.app import app
+
+    out = tmp_path / "r.json"
+    run = CliRunner().invoke(app, ["analyze", "--model", "mlp", "--width", "0.25", "--limit", "40", "-q",
+                                   "--orders", "redundancy", "--orders", "weight_norm_reverse",
+                                   "--noise-levels", "0,0.5,1", "--out", str(out)])
+    assert run.exit_code == 0, run.output
+    document = json.loads(out.read_text())
+    assert document["settings"]["orders"] == ["random", "redundancy", "weight_norm_reverse"]
+    assert document["settings"]["noise_levels"] == [0.0, 0.5, 1.0]
+    layer = document["layers"][0]
+    assert set(layer["orders"]) == {"redundancy", "weight_norm_reverse"} and len(layer["noise"]["curves"]) == 3
+    for bad, message in ((["--noise-levels", "0,x"], "--noise-levels takes comma-separated numbers"),
+                         (["--noise-levels", "1,2"], "noise_levels must start at 0"),
+                         (["--orders", "size"], "unknown order 'size'")):
+        run = CliRunner().invoke(app, ["analyze", "--model", "mlp", "--limit", "10", "-q", *bad])
+        lines = run.output.strip().splitlines()
+        assert run.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
