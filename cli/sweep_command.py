@@ -30,8 +30,7 @@ def sweep(
     from fu_fast.sweep import PRESETS, Shard, load_config, run_sweep
 
     if list_presets:
-        for name, preset_config in PRESETS.items():
-            out.print(f"{name:28} {preset_config['description']}", highlight=False, soft_wrap=True)
+        out.print(preset_list(PRESETS), highlight=False, markup=False, soft_wrap=True)
         return
     if out_dir is None:
         raise FuFastError("say where the sweep goes: --out SWEEP_DIR")
@@ -55,6 +54,27 @@ def sweep(
                   f"(or this command again) to finish", highlight=False)
     elif report:
         _write_report(out_dir, quiet)
+
+
+LIST_WIDTH = 100   # --list-presets fits this many columns
+
+
+def preset_list(presets: dict) -> str:
+    """Per preset: its name and the paper's figures, then indented its description, the data it needs
+    and its cost, each wrapped to LIST_WIDTH columns."""
+    import textwrap
+
+    indent = "    "
+    blocks = []
+    for name, preset in presets.items():
+        figures = ", ".join(preset.get("figures") or []) or "no figure identified (see the README)"
+        lines = textwrap.wrap(f"{name}: {figures}", LIST_WIDTH, subsequent_indent=indent, break_on_hyphens=False)
+        for text in (preset.get("description", ""), f"data: {preset.get('data', '?')}",
+                     f"cost: {preset.get('cost', '?')}"):
+            lines += textwrap.wrap(text, LIST_WIDTH, initial_indent=indent, subsequent_indent=indent + "  ",
+                                   break_on_hyphens=False)
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 @user_errors

@@ -78,7 +78,15 @@ BAD_CONFIGURATIONS = [
      "unknown training setting 'learning_rate' in [train]"),
     ("unknown vary key", MLP + "[vary]\nwidth = [1, 2]\n", "unknown training setting 'width' in [vary]"),
     ("unknown variants key", MLP + "[[variants]]\nfoo = 1\n", "unknown training setting 'foo' in [[variants]] 1"),
-    ("unknown analyze key", MLP + "[analyze]\nlayers = 2\n", "unknown analysis setting 'layers' in [analyze]"),
+    ("unknown analyze key", MLP + "[analyze]\nlayer = 2\n", "unknown analysis setting 'layer' in [analyze]"),
+    ("analyze layers not a list", MLP + "[analyze]\nlayers = 2\n",
+     "[analyze] layers must be a non-empty list of distinct layer names, got 2"),
+    ("unknown analysis layer", MLP + '[analyze]\nlayers = ["fc9"]\n', "[analyze] layers: mlp has no module 'fc9'"),
+    ("save epochs in train", MLP + "[train]\nsave_every = 1\n", "unknown training setting 'save_every' in [train]"),
+    ("epochs_after not a list", MLP + "epochs_after = 3\n", "epochs_after must be a non-empty list"),
+    ("epochs_after with early stopping", ALEXNET + "epochs_after = [0]\n", "trains with early stopping"),
+    ("reference width not a width", MLP + "widths = [1, 2]\nreference_width = 4\n",
+     "reference_width 4 is not one of the widths"),
     ("train sub-table", MLP + '[train.optimizer]\nname = "sgd"\n', "[train] optimizer must be a string"),
     # Top-level values
     ("name not a string", MLP + "name = 5\n", "name must be a non-empty string, got 5"),
@@ -357,16 +365,30 @@ def test_the_command_line_shows_the_warning_as_one_line(sweep_copy):
 @pytest.mark.parametrize("damage", list(DAMAGED_JSON))
 def test_the_report_names_a_damaged_member_file(sweep_copy, damage):
     out = sweep_copy / "out"
-    for name in ("analysis.json", "correlations.json", "run.json"):
+    for name in ("analysis.json", "correlations.json"):
         path = member_files(out)[name]
         good = path.read_bytes()
         path.write_bytes(DAMAGED_JSON[damage])
-        if name != "run.json" or damage in ("empty", "blank", "garbage", "binary", "a list", "null"):   # the
-            # report reads the accuracies of run.json only, and another record with none is no damage to it
-            message = refused(lambda: write_report(out), str(path))
-            assert "malformed member entry" not in message
+        message = refused(lambda: write_report(out), str(path))
+        assert "malformed member entry" not in message
         path.write_bytes(good)
     assert not (out / "report").exists()
+    # A damaged training record does not stop the report (its numbers come from the analysis): the
+    # training table names it, and the summary says so.
+    from fu_fast.report.table1 import table1_markdown
+    from fu_fast.report.tables import load_sweep
+
+    path = member_files(out)["run.json"]
+    path.write_bytes(DAMAGED_JSON[damage])
+    record, table = str(path.relative_to(out)), table1_markdown(load_sweep(out))
+    if damage == "another schema":   # {"schema": "fu-fast/run/1"}: a run record without anything in it
+        assert record not in table
+    else:
+        assert f"`{record}` is damaged: " in table
+    if damage == "garbage":   # the whole report, once
+        folder = write_report(out)
+        assert (folder / "table1.md").read_text() == table
+        assert "Damaged training records (run.json)" in (folder / "summary.md").read_text()
 
 
 @pytest.mark.parametrize("damage", ["empty", "garbage", "a list", "another schema"])
@@ -463,3 +485,20 @@ def test_a_sweep_recorded_before_members_carried_their_settings_is_reused(sweep_
     other = sweep_copy / "other.toml"
     other.write_text(SMALL.replace("repeats = 1", "repeats = 2"))
     refused(lambda: run_sweep(load_config(other), out, quiet=True), "was analysed with repeats=1, not 2")
+
+
+def test_a_sweep_recorded_before_the_layers_setting_is_reused(sweep_copy):
+    """Records written before [analyze] layers existed say nothing of it: they ran with the model's own."""
+    out = sweep_copy / "out"
+    record = json.loads((out / "sweep.json").read_text())
+    for entry in record["members"]:
+        del entry["analysis"]["layers"]
+        del entry["run"], entry["epoch"], entry["epochs_after"]
+    (out / "sweep.json").write_text(json.dumps(record))
+    events = []
+    run_sweep(load_config(sweep_copy / "sweep.toml"), out, quiet=True, on_member=lambda m, e: events.append(e))
+    assert events == ["done before", "done before"]
+    assert all(entry["analysis"]["layers"] is None for entry in json.loads((out / "sweep.json").read_text())["members"])
+    other = sweep_copy / "other.toml"
+    other.write_text(SMALL + 'layers = ["relu1"]\n')
+    refused(lambda: run_sweep(load_config(other), out, quiet=True), "was analysed with layers=None, not ['relu1']")

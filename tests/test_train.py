@@ -124,6 +124,49 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path):
     assert other["epochs"][0]["loss"] != whole["epochs"][0]["loss"]
 
 
+def test_epoch_checkpoints_of_an_interrupted_run_equal_an_uninterrupted_ones(tmp_path):
+    """epoch-N.pt is written before checkpoint.pt, so a run stopped at any point and resumed keeps
+    every epoch asked for, with the weights an uninterrupted run has at that epoch."""
+    config = quick_mlp(epochs=3, save_every=2, save_epochs=[1])
+    train(config, tmp_path / "whole", quiet=True)
+    assert sorted(p.name for p in (tmp_path / "whole").glob("epoch-*.pt")) == ["epoch-1.pt", "epoch-2.pt"]
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_one(metrics):
+        if metrics["epoch"] == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(config, tmp_path / "resumed", quiet=True, on_epoch=stop_after_one)
+    assert sorted(p.name for p in (tmp_path / "resumed").glob("epoch-*.pt")) == ["epoch-1.pt"]
+    train(config, tmp_path / "resumed", quiet=True)
+    for epoch in (1, 2):
+        a, info = load_model(tmp_path / "whole" / f"epoch-{epoch}.pt")
+        b, _ = load_model(tmp_path / "resumed" / f"epoch-{epoch}.pt")
+        assert info["epoch"] == epoch and info["schema"] == "fu-fast/model/1"
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    first, _ = load_model(tmp_path / "whole" / "epoch-1.pt")
+    second, _ = load_model(tmp_path / "whole" / "epoch-2.pt")
+    assert not torch.equal(first.fc1.weight, second.fc1.weight)
+    # The kept epochs are part of the run's settings: another choice is another run.
+    with pytest.raises(FuFastError, match="save_every=2, not 1"):
+        train(quick_mlp(epochs=3, save_every=1, save_epochs=[1]), tmp_path / "whole", quiet=True)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(save_epochs=[4]), "save epoch 4 lies past the last epoch"), (dict(save_epochs=[0]), "a save epoch"),
+    (dict(save_epochs="1,2"), "save epochs must be a list"), (dict(save_every=0), "save_every"),
+    (dict(save_epochs=[1.5]), "a save epoch"),
+])
+def test_bad_epoch_checkpoint_settings_are_refused(change, message):
+    with pytest.raises(FuFastError, match=message):
+        quick_mlp(epochs=3, **change).resolve()
+    assert quick_mlp(epochs=3, save_epochs=[3, 1, 3]).resolve().save_epochs == [1, 3]
+    assert quick_mlp(epochs=3, save_epochs=[]).resolve().save_epochs is None
+
+
 def test_resuming_with_other_settings_is_refused(tmp_path):
     train(quick_mlp(epochs=1), tmp_path / "run", quiet=True)
     with pytest.raises(FuFastError, match="lr=0.05, not 0.1"):

@@ -16,14 +16,19 @@
     [[variants]]
     dropout = 0.5
 
-    [analyze]                        # fu_fast.analyze settings, plus split and limit
+    [analyze]                        # fu_fast.analyze settings, plus split, limit and layers
     split = "test"
+
+Two optional top-level keys (before the first table, as TOML reads them): reference_width, the
+width whose layers normalise a series (default 4), and epochs_after = [0, 5, 10, 20]: one run per
+(series, width, trial), analysed at these epochs past its epochs setting, a member per epoch.
 
 A setting in [train], [vary] or [[variants]] is a TrainConfig field (lr, weight_decay,
 augment, random_labels, input_dim, data, ...) or a model option (init, dropout, num_classes,
 input_size). A member is one (series, width, trial); its directory is
 MODEL/LABEL/w<width>/t<trial> under the sweep directory, LABEL being the series' settings
-("init=he_normal,lr=0.1", or "default") made a safe file name (see folder_name).
+("init=he_normal,lr=0.1", or "default") made a safe file name (see folder_name). With
+epochs_after, that directory is the run, and the member of epoch N lives in its epochN/ folder.
 
 Loading a configuration checks all of it, so that a mistake never surfaces after hours of
 training: every value's type (and the least value of every count and size), every member's
@@ -53,7 +58,9 @@ from ..errors import FuFastError
 from ..train import TrainConfig
 
 MODEL_OPTIONS = ("init", "dropout", "num_classes", "input_size")
-_TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "width", "model_options", "seed"}
+# The sweep sets model, width and seed per member, and the epoch checkpoints through epochs_after.
+_TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "width", "model_options", "seed",
+                                                                    "save_every", "save_epochs"}
 # The type of a given value of each setting. TrainConfig's annotations are strings under postponed
 # evaluation ("int | None"): the first name is the type of a value that is given.
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
@@ -61,8 +68,9 @@ SETTING_TYPES = {f.name: _TYPES[str(f.type).split(" | ")[0]] for f in dataclasse
                  if f.name in _TRAIN_FIELDS}
 SETTING_TYPES.update(init=str, dropout=float, num_classes=int, input_size=int)
 LEVELS = "levels"   # the type of [analyze] levels: a count of grid points, or the grid itself
-ANALYZE_TYPES = {"split": str, "limit": int, "tolerance": float, "pca_tolerance": float, "repeats": int,
-                 "levels": LEVELS, "sample_cap": int, "unit": str, "seed": int, "batch_size": int}
+NAMES = "names"     # the type of [analyze] layers: a non-empty list of distinct layer names
+ANALYZE_TYPES = {"split": str, "limit": int, "layers": NAMES, "tolerance": float, "pca_tolerance": float,
+                 "repeats": int, "levels": LEVELS, "sample_cap": int, "unit": str, "seed": int, "batch_size": int}
 ANALYZE_KEYS = tuple(ANALYZE_TYPES)
 # Counts and sizes are refused here, naming their key. The other values are checked by the code
 # that uses them (TrainConfig.resolve, models.build, fu_fast.analyze's checks), called on load.
@@ -70,53 +78,177 @@ _AT_LEAST = {"batch_size": 1, "epochs": 1, "patience": 1, "input_dim": 1, "input
              "limit": 1, "workers": 0, "data_seed": 0, "weight_decay": 0}
 _POSITIVE = ("lr", "k")
 _NOUNS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
-          LEVELS: "an integer or a list of numbers"}
-_ANALYSIS_DEFAULTS = {"split": "test", "limit": None, **dataclasses.asdict(AnalysisSettings())}
+          LEVELS: "an integer or a list of numbers", NAMES: "a non-empty list of distinct layer names"}
+# The analysis settings a sweep records per member; "layers" None is the model's own analysis layers.
+# A record written before a setting existed holds it at its default (ANALYSIS_ADDED).
+ANALYSIS_ADDED = {"layers": None}
+_ANALYSIS_DEFAULTS = {"split": "test", "limit": None, **ANALYSIS_ADDED, **dataclasses.asdict(AnalysisSettings())}
+# A preset's description of itself, for --list-presets and the README; not part of the sweep.
+PRESET_METADATA = {"description": "a non-empty string", "figures": "a list of strings (the paper's figures)",
+                   "data": "a non-empty string", "cost": "a non-empty string"}
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,:=+-]*")
 _LONGEST_NAME = 96
 _PAPER_WIDTHS = [0.25, 0.5, 1.0, 2.0, 4.0]
+REFERENCE_WIDTH = 4.0   # the paper's normalisation: each layer divided by the same layer at 4x
+_INITS = ["glorot_normal", "glorot_uniform", "he_normal", "he_uniform", "lecun_normal", "lecun_uniform"]
+_K_FACTORS = [0.25, 0.5, 1.0, 2.0, 4.0]
+_IMAGENET = "ImageNet (train/ and val/ ImageFolder trees) in --data-dir"
 
-# The paper's experiments (docs/sweep-format.md, Presets). Data-set presets need --data-dir.
+# The paper's experiments (docs/sweep-format.md, Presets; the README maps the paper's figures to them).
+# Besides the sweep's keys, each preset has PRESET_METADATA: its description (with fu-fast's choices
+# where PAPER.md gives no value), the paper's figures it is for, the data it needs and its cost.
+#
+# Cost. Synthetic presets: CPU time measured on this project's 2-core development machine with one
+# thread (process CPU time, so that other load on the machine does not count): every member, or for
+# the 10,000-dimensional ones one trial per (series, width), times the trials. Image presets: GPU hours
+# on one H100 SXM, estimated from the paper's epochs and the models' FLOPs (torch.utils.flop_counter,
+# forward GFLOPs at 1/4, 1/2, 1, 2, 4x: AlexNet 0.024, 0.089, 0.34, 1.3, 5.3; ResNet56 0.016, 0.063,
+# 0.25, 1.0, 4.0; ResNet18 0.27, 0.97, 3.6, 14, 55; Inception-v3 0.72, 2.9, 11, 46, 182;
+# inception_v3_layer 10, 11, 11, 14, 22). Per training run: 3 x forward FLOPs per training image x
+# images x epochs, plus a forward pass over the validation and test images every epoch, at a
+# sustained 80 TFLOP/s (fp32 training with TF32 convolutions: about 16% of the H100's dense TF32
+# peak, as NVIDIA's published A100 TF32 ResNet-50 rates scale); per member, the analysis: 1 + 63/2
+# forward passes per analysed layer (21 levels x 3 repeats of the part after the layer, on average
+# half the network) over the analysis split, in true fp32 at 30 TFLOP/s. ImageNet: each time is at
+# least the JPEG decoding time at 4,000 training and 5,000 evaluation images/s (about 32 decoding
+# cores), which bounds every width up to 1x of ResNet18. CIFAR-10: data loading in the training
+# process (workers = 0; 100 us per augmented and 50 us per evaluated image, measured here) is added
+# to the larger of compute and a launch-bound floor of 2 ms (AlexNet) or 8 ms (ResNet56) per step;
+# AlexNet stops early, and its estimate assumes 40 of its at most 100 epochs. A preset's cost is the
+# sum over its runs and members (a run shared by several members counted once).
 PRESETS: dict[str, dict] = {
     # The learning rate is the best of a small grid per input dimension (docs/models-and-training.md): 0.05
     # diverges with 10,000-dimensional inputs, 0.01 does not.
     "mlp-synthetic": {
-        "description": "MLP on synthetic teacher data, 10 and 10,000 input dimensions, init std 0.01, 0.1 "
-                       "(Fig. 4; about 30 minutes on 2 CPU cores)",
+        "description": "MLP on synthetic teacher data, 10 and 10,000 input dimensions (lr 0.05 and 0.01, "
+                       "fu-fast's picks), init std 0.01 and 0.1",
+        "figures": ["Fig. 4"], "data": "synthetic (generated)",
+        "cost": "about 9 CPU-minutes (measured: 182 s per trial on one core)",
         "models": ["mlp"], "widths": _PAPER_WIDTHS, "trials": 3,
         "variants": [{"input_dim": 10, "lr": 0.05}, {"input_dim": 10000, "lr": 0.01}],
         "vary": {"init": ["gaussian:0.01", "gaussian:0.1"]},
     },
     "mlp-synthetic-10d": {
-        "description": "MLP on synthetic teacher data, 10 input dimensions, init std 0.01, 0.1, 1 "
-                       "(Fig. 4d; a few minutes on 2 CPU cores)",
+        "description": "MLP on synthetic teacher data, 10 input dimensions, init std 0.01, 0.1, 1",
+        "figures": ["Fig. 4d"], "data": "synthetic (generated)",
+        "cost": "about 1 CPU-minute (measured: 67 s on one core)",
         "models": ["mlp"], "widths": _PAPER_WIDTHS, "trials": 3,
         "train": {"input_dim": 10}, "vary": {"init": ["gaussian:0.01", "gaussian:0.1", "gaussian:1.0"]},
     },
-    "alexnet-cifar-init": {
-        "description": "AlexNet on CIFAR-10 with six initialisations (Fig. 3)",
+    # Not in the paper: a real data set that needs no download (scikit-learn's digits, fu_fast/data/digits.py).
+    # The MLP's training defaults (the paper's synthetic-data settings) reach about 97% test accuracy on it
+    # at every width, so they are kept (docs/models-and-training.md). A conv-net series cannot join this
+    # preset: a sweep's build options apply to every model, and an MLP refuses alexnet's input_size and
+    # in_channels.
+    "mlp-digits": {
+        "description": "MLP on scikit-learn's 8x8 handwritten digits (64 inputs, 10 classes; a fixed stratified "
+                       "60/20/20 split), trained with the MLP's defaults: momentum SGD, lr 0.05, batch 32, 50 "
+                       "epochs, init std 0.01",
+        "figures": ["digits (not in the paper)"],
+        "data": "scikit-learn digits, no download (pip install 'fu-fast[digits]')",
+        "cost": "about 25 s of CPU time (one thread)",
+        "models": ["mlp"], "widths": _PAPER_WIDTHS, "trials": 3,
+        "train": {"data": "digits", "input_dim": 64},
+    },
+    # The paper trains the synthetic MLPs with momentum SGD, plain SGD and Adam, each at "the best" learning
+    # rate of a small grid it does not give. fu-fast's grid at 10,000 input dimensions (widths 1/4, 1, 4,
+    # seed 0, 50 epochs): plain SGD 0.01, 0.05, 0.1 fit the training set and 0.5 diverges; Adam 1e-4,
+    # 3e-4, 1e-3, 1e-2 fit it. With 1,000 training examples of 10,000 dimensions every test accuracy was
+    # near chance (0.51-0.56), so it cannot pick: the preset takes plain SGD's largest stable rate, 0.1 (momentum
+    # SGD's 0.01 / (1 - 0.9), the same step in the long run), and Adam's usual 1e-3.
+    "mlp-synthetic-optimizers": {
+        "description": "MLP on synthetic teacher data, 10,000 input dimensions, init std 0.01, trained with "
+                       "momentum SGD (lr 0.01), plain SGD (lr 0.1) and Adam (lr 0.001), 50 epochs, batch 32 "
+                       "(the paper gives no rates: fu-fast's picks)",
+        "figures": ["Fig. E9"], "data": "synthetic (generated)",
+        "cost": "about 14 CPU-minutes (measured: 278 s per trial on one core)",
+        "models": ["mlp"], "widths": _PAPER_WIDTHS, "trials": 3,
+        "train": {"input_dim": 10000, "init": "gaussian:0.01"},
+        "variants": [{"optimizer": "sgd_momentum", "lr": 0.01}, {"optimizer": "sgd", "lr": 0.1},
+                     {"optimizer": "adam", "lr": 0.001}],
+    },
+    # Fig. 1c / Fig. 2 and Fig. 4c / E6 show AlexNets trained without regularisation under the six
+    # initialisations, which are PAPER.md's defaults: the two presets train the same networks (the same
+    # member directories and settings), so a sweep directory of one is reused whole by the other.
+    "alexnet-cifar-unregularized": {
+        "description": "AlexNet on CIFAR-10 without regularisation (no augmentation, dropout or weight decay; "
+                       "early stopping only) under six initialisations: Glorot, He, LeCun, normal and uniform "
+                       "(the same networks as alexnet-cifar-init: run it into that preset's --out to reuse them)",
+        "figures": ["Fig. 1c", "Fig. 2"], "data": "CIFAR-10 in --data-dir (fu-fast data cifar10 DIR)",
+        "cost": "about 10 H100 GPU-hours (none with alexnet-cifar-init's runs)",
         "models": ["alexnet"], "widths": _PAPER_WIDTHS, "trials": 3,
-        "vary": {"init": ["glorot_normal", "glorot_uniform", "he_normal", "he_uniform", "lecun_normal",
-                          "lecun_uniform"]},
+        "train": {"augment": False, "weight_decay": 0.0},
+        "vary": {"init": _INITS},
+    },
+    "alexnet-cifar-init": {
+        "description": "AlexNet on CIFAR-10 under six initialisations: Glorot, He, LeCun, normal and uniform",
+        "figures": ["Fig. 4c", "Fig. E6"], "data": "CIFAR-10 in --data-dir (fu-fast data cifar10 DIR)",
+        "cost": "about 10 H100 GPU-hours",
+        "models": ["alexnet"], "widths": _PAPER_WIDTHS, "trials": 3,
+        "vary": {"init": _INITS},
     },
     "alexnet-cifar-regularizers": {
-        "description": "AlexNet on CIFAR-10 without and with data augmentation, dropout, weight decay, all three",
+        "description": "AlexNet on CIFAR-10 without and with data augmentation, dropout 0.5, weight decay 5e-4, "
+                       "all three (the strengths are fu-fast's)",
+        "figures": [], "data": "CIFAR-10 in --data-dir (fu-fast data cifar10 DIR)", "cost": "about 8 H100 GPU-hours",
         "models": ["alexnet"], "widths": _PAPER_WIDTHS, "trials": 3,
         "variants": [{}, {"augment": True}, {"dropout": 0.5}, {"weight_decay": 5e-4},
                      {"augment": True, "dropout": 0.5, "weight_decay": 5e-4}],
     },
     "cifar-random-labels": {
         "description": "AlexNet and ResNet56 on CIFAR-10 with true and with random labels",
+        "figures": [], "data": "CIFAR-10 in --data-dir (fu-fast data cifar10 DIR)", "cost": "about 20 H100 GPU-hours",
         "models": ["alexnet", "resnet56"], "widths": _PAPER_WIDTHS, "trials": 3,
         "vary": {"random_labels": [False, True]},
     },
+    # The batch-size and learning-rate factor k (TrainConfig.k scales both: batch = round(batch * k),
+    # lr = lr * k), 1/4 to 4, on the paper's models and their training defaults.
+    "cifar-k": {
+        "description": "AlexNet and ResNet56 on CIFAR-10 with batch size and learning rate scaled together by "
+                       "k = 1/4, 1/2, 1, 2, 4 (AlexNet batch 32-512, lr 0.0025-0.04; ResNet56 batch 32-512, "
+                       "lr 0.025-0.4)",
+        "figures": ["Fig. E11"], "data": "CIFAR-10 in --data-dir (fu-fast data cifar10 DIR)",
+        "cost": "about 55 H100 GPU-hours",
+        "models": ["alexnet", "resnet56"], "widths": _PAPER_WIDTHS, "trials": 3,
+        "vary": {"k": _K_FACTORS},
+    },
     "resnet18-imagenet": {
         "description": "ResNet18 on ImageNet (analysis on the 50,000 validation images)",
+        "figures": [], "data": _IMAGENET, "cost": "about 360 H100 GPU-hours",
         "models": ["resnet18"], "widths": _PAPER_WIDTHS, "trials": 3, "analyze": {"split": "val"},
     },
+    "resnet18-imagenet-k": {
+        "description": "ResNet18 on ImageNet with batch size and learning rate scaled together by k = 1/4, 1/2, "
+                       "1, 2, 4 (batch 64-1024, lr 0.025-0.4; no warm-up, as the paper gives none)",
+        "figures": ["Fig. E10"], "data": _IMAGENET, "cost": "about 1,800 H100 GPU-hours",
+        "models": ["resnet18"], "widths": _PAPER_WIDTHS, "trials": 3, "analyze": {"split": "val"},
+        "vary": {"k": _K_FACTORS},
+    },
+    # One training run per (width, trial) goes on past its 90 epochs; its members are analysed from
+    # the weights kept at each epoch (PAPER.md gives no epochs for this experiment: 0, 5, 10, 20 past
+    # the 90 are fu-fast's choice).
+    "resnet18-imagenet-epochs": {
+        "description": "ResNet18 on ImageNet trained 20 epochs past its 90 (at the final learning rate), "
+                       "analysed 0, 5, 10 and 20 epochs past them (fu-fast's choice of epochs) from one run per "
+                       "width and trial",
+        "figures": ["Fig. E12"], "data": _IMAGENET, "cost": "about 510 H100 GPU-hours",
+        "models": ["resnet18"], "widths": _PAPER_WIDTHS, "trials": 3, "analyze": {"split": "val"},
+        "epochs_after": [0, 5, 10, 20],
+    },
+    # The paper's Inception-v3 series ends at 1x; each layer is normalised by the same layer at 1x.
+    "inception-v3": {
+        "description": "Inception-v3 on ImageNet at widths 1/4, 1/2, 1 (normalised by the 1x layers), "
+                       "analysed at the 11 Mixed modules",
+        "figures": ["Fig. 1a", "Fig. 3a-b", "Fig. E4"], "data": _IMAGENET, "cost": "about 100 H100 GPU-hours",
+        "models": ["inception_v3"], "widths": [0.25, 0.5, 1.0], "trials": 3, "reference_width": 1.0,
+        "analyze": {"split": "val"},
+    },
     "inception-v3-layer": {
-        "description": "Inception-v3 on ImageNet, only Mixed_5d's width varies",
-        "models": ["inception_v3_layer"], "widths": _PAPER_WIDTHS, "trials": 3, "analyze": {"split": "val"},
+        "description": "Inception-v3 on ImageNet, only Mixed_5d's width varies; analysed at Mixed_5d, Mixed_6e "
+                       "and Mixed_7c (the final 35x35, 17x17 and 8x8 modules, the paper's layers 7, 12, 13)",
+        "figures": ["Fig. E5"], "data": _IMAGENET, "cost": "about 260 H100 GPU-hours",
+        "models": ["inception_v3_layer"], "widths": _PAPER_WIDTHS, "trials": 3,
+        "analyze": {"split": "val", "layers": ["Mixed_5d", "Mixed_6e", "Mixed_7c"]},
     },
 }
 
@@ -127,18 +259,35 @@ class Member:
     width: float
     trial: int
     series: str            # "MODEL/LABEL": members of one series differ only in width and trial
-    variant: dict          # what distinguishes the series from the sweep's other series
+    variant: dict          # the training settings that distinguish the series from the sweep's other series
+    # A sweep with epochs_after: the member is analysed from its training run's weights at ``epoch``,
+    # ``epochs_after`` epochs past the run's epochs setting; None: from the run's model.pt.
+    epochs_after: int | None = None
+    epoch: int | None = None
+
+    @property
+    def run_dir(self) -> str:
+        """The member's training run, relative to the sweep directory: the member itself, or the
+        run that the members of every epoch of (series, width, trial) share."""
+        return f"{self.model}/{folder_name(series_label(self.variant))}/w{self.width:g}/t{self.trial}"
 
     @property
     def dir(self) -> str:
         """Where the member lives, relative to the sweep directory: never outside it."""
-        model, label = self.series.split("/", 1)   # model names have no "/"; labels are any text
-        return f"{model}/{folder_name(label)}/w{self.width:g}/t{self.trial}"
+        return self.run_dir if self.epoch is None else f"{self.run_dir}/epoch{self.epoch}"
 
     def record(self, status: str) -> dict:
         # "id" and "dir" are both in the record format (docs/sweep-format.md): the same path.
-        return {"id": self.dir, "dir": self.dir, "model": self.model, "width": self.width, "trial": self.trial,
-                "series": self.series, "variant": self.variant, "status": status}
+        return {"id": self.dir, "dir": self.dir, "run": self.run_dir, "model": self.model, "width": self.width,
+                "trial": self.trial, "series": self.series, "variant": self.variant, "epoch": self.epoch,
+                "epochs_after": self.epochs_after, "status": status}
+
+
+def series_label(variant: dict, epochs_after: int | None = None) -> str:
+    """A series' settings as "key=value,..." sorted by key ("default" for none); epochs_after is one
+    of them for the members of a sweep with epochs_after."""
+    settings = dict(variant) if epochs_after is None else {**variant, "epochs_after": epochs_after}
+    return ",".join(f"{k}={_text(v)}" for k, v in sorted(settings.items())) or "default"
 
 
 def folder_name(label: str) -> str:
@@ -165,22 +314,40 @@ class SweepConfig:
     variants: list         # one dict per series variant (the product of [vary] and [[variants]])
     analyze: dict
     source: dict           # the configuration as given, for sweep.json
+    epochs_after: list | None = None     # analyse each run at these epochs past its epochs setting
+    reference_width: float = 4.0         # the width whose layers normalise a series (docs/definitions.md)
 
     def members(self) -> list[Member]:
+        """Ordered by model, variant, width, trial (and epoch): the members of one run are adjacent."""
         out = []
         for model, variant in itertools.product(self.models, self.variants):
-            label = ",".join(f"{k}={_text(v)}" for k, v in sorted(variant.items())) or "default"
             for width, trial in itertools.product(self.widths, range(self.trials)):
-                out.append(Member(model, float(width), trial, f"{model}/{label}", dict(variant)))
+                if self.epochs_after is None:
+                    out.append(Member(model, float(width), trial, f"{model}/{series_label(variant)}", dict(variant)))
+                    continue
+                converged = self.converged_epochs(model, variant)
+                for after in self.epochs_after:
+                    out.append(Member(model, float(width), trial, f"{model}/{series_label(variant, after)}",
+                                      dict(variant), after, converged + after))
         return out
 
+    def converged_epochs(self, model: str, variant: dict) -> int:
+        """The epochs a series trains for before "past convergence": its epochs setting, or the model's."""
+        return {**self.train, **variant}.get("epochs", zoo.entry(model).training["epochs"])
+
     def train_config(self, member: Member, data_dir: str | None, device: str | None) -> TrainConfig:
+        """The training of the member's run. With epochs_after, the run goes on past its epochs
+        setting to the last epoch analysed, and keeps the weights of each epoch analysed."""
         settings = {**self.train, **member.variant}
         options = {k: settings.pop(k) for k in MODEL_OPTIONS if k in settings}
         if data_dir is not None:
             settings["data_dir"] = data_dir
         if device is not None:
             settings["device"] = device
+        if self.epochs_after is not None:
+            converged = self.converged_epochs(member.model, member.variant)
+            settings["epochs"] = converged + max(self.epochs_after)
+            settings["save_epochs"] = [converged + after for after in self.epochs_after]
         return TrainConfig(model=member.model, width=member.width, model_options=options, seed=member.trial,
                            **settings)
 
@@ -208,7 +375,8 @@ def load_config(path: str | Path | None = None, preset: str | None = None, trial
     if preset is not None:
         if preset not in PRESETS:
             raise FuFastError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        raw = {"name": preset, **{k: v for k, v in PRESETS[preset].items() if k != "description"}}
+        check_preset_metadata(preset, PRESETS[preset])
+        raw = {"name": preset, **{k: v for k, v in PRESETS[preset].items() if k not in PRESET_METADATA}}
         source = f"preset {preset}"
     else:
         raw = _read_toml(Path(path))
@@ -219,6 +387,19 @@ def load_config(path: str | Path | None = None, preset: str | None = None, trial
         return _parse(raw)
     except FuFastError as e:
         raise FuFastError(f"{source}: {e}") from None
+
+
+def check_preset_metadata(name: str, preset: dict) -> None:
+    """A preset says what it is: its description, the paper's figures it is for, the data it needs and
+    what it costs (PRESET_METADATA), each of its type."""
+    for key, noun in PRESET_METADATA.items():
+        value = preset.get(key)
+        if key == "figures":
+            good = isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value)
+        else:
+            good = isinstance(value, str) and bool(value.strip())
+        if not good:
+            raise FuFastError(f"preset {name}: its {key} must be {noun}, got {show(value)}")
 
 
 def _read_toml(path: Path) -> dict:
@@ -241,7 +422,8 @@ def _read_toml(path: Path) -> dict:
 
 
 def _parse(raw: dict) -> SweepConfig:
-    known = ("name", "models", "widths", "trials", "train", "vary", "variants", "analyze")
+    known = ("name", "models", "widths", "trials", "train", "vary", "variants", "analyze", "epochs_after",
+             "reference_width")
     unknown = sorted(set(raw) - set(known))
     if unknown:
         raise FuFastError(f"unknown sweep setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -258,6 +440,18 @@ def _parse(raw: dict) -> SweepConfig:
     trials = raw.get("trials", 1)
     if not _is_a(trials, int) or trials < 1:
         raise FuFastError(f"trials must be a positive integer, got {show(trials)}")
+    epochs_after = raw.get("epochs_after")
+    if epochs_after is not None and not (isinstance(epochs_after, list) and epochs_after
+                                         and all(_is_a(e, int) and e >= 0 for e in epochs_after)
+                                         and len(set(epochs_after)) == len(epochs_after)):
+        raise FuFastError(f"epochs_after must be a non-empty list of distinct integers >= 0 (epochs past the "
+                          f"epochs setting), got {show(epochs_after)}")
+    reference_width = raw.get("reference_width", REFERENCE_WIDTH)
+    if not (_is_a(reference_width, float) and reference_width > 0):
+        raise FuFastError(f"reference_width must be a positive number, got {show(reference_width)}")
+    if "reference_width" in raw and not any(math.isclose(reference_width, w) for w in widths):
+        raise FuFastError(f"reference_width {reference_width:g} is not one of the widths ({show(widths)}): no "
+                          f"member would normalise its series")
     train, vary, analyze_table = (_table(raw, key) for key in ("train", "vary", "analyze"))
     explicit = raw.get("variants", [{}])
     if not isinstance(explicit, list) or not explicit or not all(isinstance(v, dict) for v in explicit):
@@ -281,7 +475,8 @@ def _parse(raw: dict) -> SweepConfig:
         _check_value("[analyze]", key, value, ANALYZE_TYPES[key])
     products = [dict(zip(vary, combo)) for combo in itertools.product(*vary.values())]
     variants = [{**e, **p} for e in explicit for p in products]
-    config = SweepConfig(name, names, [float(w) for w in widths], trials, train, variants, analyze_table, raw)
+    config = SweepConfig(name, names, [float(w) for w in widths], trials, train, variants, analyze_table, raw,
+                         sorted(epochs_after) if epochs_after is not None else None, float(reference_width))
     _check_members(config, vary)
     return config
 
@@ -311,6 +506,14 @@ def _check_members(config: SweepConfig, vary: dict) -> None:
             if resolved.patience is not None and "val" not in data_lib.splits(resolved.data):
                 raise FuFastError(f"patience: early stopping needs a validation split, and {resolved.data} data "
                                   f"has none")
+            if config.epochs_after is not None and resolved.patience is not None:
+                raise FuFastError(f"epochs_after analyses a run at fixed epochs past its epochs setting, and "
+                                  f"{resolved.model} trains with early stopping (patience {resolved.patience}), "
+                                  f"which may end it before them")
+            layers = config.analyze.get("layers")
+            if layers is not None:
+                _check_layers(resolved.model, resolved.width, json.dumps(resolved.model_options, sort_keys=True),
+                              tuple(layers))
         except FuFastError as e:
             raise FuFastError(f"member {member.dir}: {e}") from None
         for key in member.variant:
@@ -360,6 +563,48 @@ def _check_model(name: str, width: float, options: str) -> None:
         zoo.build(name, width, **json.loads(options))
 
 
+@functools.cache
+def _check_layers(name: str, width: float, options: str, layers: tuple) -> None:
+    """Each of ``layers`` names a module output of model ``name`` that runs once per forward pass
+    ("module@k": its k-th call), found by a forward pass on the meta device (shapes only). Whether a
+    layer can be analysed (its output's shape, a cut point) fu_fast.analyze checks on the data."""
+    with torch.device("meta"):
+        model = zoo.build(name, width, **json.loads(options)).eval()
+    config = model.fu_fast_config["options"]
+    if "input_dim" in config:
+        probe = torch.empty(1, config["input_dim"], device="meta")
+    else:
+        side = config.get("input_size", 32)
+        probe = torch.empty(1, config.get("in_channels", 3), side, side, device="meta")
+    modules = dict(model.named_modules())
+    calls = dict.fromkeys(modules, 0)
+
+    def count(module_name):
+        def hook(*_):
+            calls[module_name] += 1
+        return hook
+
+    handles = [module.register_forward_hook(count(module_name)) for module_name, module in modules.items()]
+    try:
+        with torch.no_grad():
+            model(probe)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for layer in layers:
+        module_name, at, call = layer.rpartition("@") if "@" in layer else (layer, "", "")
+        if module_name not in modules or not module_name:
+            raise FuFastError(f"[analyze] layers: {name} has no module {module_name or layer!r}; its analysis "
+                              f"layers are {', '.join(model.analysis_layers)}")
+        runs = calls[module_name]
+        if at and not (call.isdigit() and int(call) < runs):
+            raise FuFastError(f"[analyze] layers: {layer!r}: after '@' comes the number of one of the "
+                              f"{runs} call(s) of {module_name!r} per forward pass, from 0")
+        if not at and runs != 1:
+            raise FuFastError(f"[analyze] layers: {name}'s module {layer!r} runs {runs} times per forward pass; "
+                              f"name one call, as in '{layer}@0'")
+
+
 def _check_value(where: str, key: str, value, kind) -> None:
     if not _is_a(value, kind):
         raise FuFastError(f"{where} {key} must be {_NOUNS[kind]}, got {show(value)}")
@@ -381,6 +626,9 @@ def _is_a(value, kind) -> bool:
         return isinstance(value, (int, float)) and math.isfinite(value)
     if kind is str:
         return isinstance(value, str)
+    if kind is NAMES:
+        return (isinstance(value, list) and bool(value) and all(isinstance(v, str) and v.strip() for v in value)
+                and len(set(value)) == len(value))
     return isinstance(value, int) or isinstance(value, list) and all(_is_a(v, float) for v in value)   # levels
 
 

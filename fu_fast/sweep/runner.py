@@ -3,10 +3,15 @@
 A member is done when its analysis.json exists (written atomically, last) and reads as an
 analysis document, so a sweep run again skips finished members, resumes an interrupted
 training from its checkpoint, redoes a damaged analysis (with one warning line; the training
-is kept), and redoes nothing else. `--shard I/N` runs the members whose index is I modulo N,
-so N jobs of an array cover the sweep once. Normalisation (docs/definitions.md: each layer divided
-by the same layer of the series' 4x member) is applied to every done member of a series as
-soon as the 4x member of that series is done, by whichever job gets there.
+is kept), and redoes nothing else. `--shard I/N` runs the members whose training run's index is
+I modulo N, so N jobs of an array cover the sweep once (a run, and the members of every epoch it
+is analysed at, belong to one job). Normalisation (docs/definitions.md: each layer divided by the
+same layer of the series' 4x member, or of its reference_width member) is applied to every done
+member of a series as soon as that member of the series is done, by whichever job gets there.
+
+A sweep with epochs_after trains one run per (series, width, trial) past its epochs setting,
+keeping the weights of each epoch analysed (RUN/epoch-N.pt); its members, one per epoch, are
+analysed from those files into RUN/epochN/.
 
 Nothing is written before everything is checked: the configuration (on load), that every
 member's directory lies inside the sweep directory, that the members already there were made
@@ -16,6 +21,7 @@ with this configuration's settings for them, and that the data can be read.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +34,12 @@ from ..atomic import write_atomic
 from ..devices import resolve_device
 from ..errors import FuFastError
 from ..train import load_model, read_run, train
+from ..train.checkpoint import epoch_file
 from ..train.loop import _check_same_settings as check_same_training
-from .config import Member, SweepConfig, analysis_settings, show
+from .config import ANALYSIS_ADDED, REFERENCE_WIDTH, Member, SweepConfig, analysis_settings, show
 
 SWEEP_SCHEMA = "fu-fast/sweep/1"
 ANALYSIS_FILE, CORRELATIONS_FILE, SWEEP_FILE = "analysis.json", "correlations.json", "sweep.json"
-REFERENCE_WIDTH = 4.0
 
 
 class SweepWarning(UserWarning):
@@ -75,7 +81,9 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, shard: Shard = Shard(
         warnings.warn(f"sweep member {member.dir}: {damage}; it counts as not done, and its analysis is redone "
                       f"(the training is kept)", SweepWarning, stacklevel=2)
     write_sweep(out_dir, config, members)
-    for position, member in enumerate(members):
+    runs = {run: i for i, run in enumerate(dict.fromkeys(m.run_dir for m in members))}   # a shard takes whole runs
+    for member in members:
+        position = runs[member.run_dir]
         if position not in shard or is_done(out_dir, member):
             if on_member is not None:
                 on_member(member, "skipped" if position not in shard else "done before")
@@ -86,18 +94,28 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, shard: Shard = Shard(
             run_member(config, member, member_path(out_dir, member), data_dir=data_dir, device=device, quiet=quiet)
         except FuFastError as e:
             raise FuFastError(f"sweep member {member.dir}: {e}") from None
-        normalize_series(out_dir, members, member.series)
+        normalize_series(out_dir, members, member.series, config.reference_width)
         if on_member is not None:
             on_member(member, "done")
     for series in sorted({m.series for m in members}):
-        normalize_series(out_dir, members, series)
+        normalize_series(out_dir, members, series, config.reference_width)
     return write_sweep(out_dir, config, members)
 
 
 def run_member(config: SweepConfig, member: Member, member_dir: Path, *, data_dir, device, quiet) -> AnalysisResult:
-    train(config.train_config(member, data_dir, device), member_dir, quiet=True, silent=quiet)
-    model, _ = load_model(member_dir)
-    settings = read_run(member_dir)["settings"]
+    """Train the member's run (or resume it, or find it finished) and analyse the member's weights:
+    the run's model.pt, or its epoch-N.pt for a member of a sweep with epochs_after."""
+    run_dir = member_dir.parent if member.epoch is not None else member_dir   # epochN/ lies in its run
+    train(config.train_config(member, data_dir, device), run_dir, quiet=True, silent=quiet)
+    if member.epoch is None:
+        model, _ = load_model(member_dir)
+    else:
+        weights = run_dir / epoch_file(member.epoch)
+        if not weights.exists():
+            raise FuFastError(f"its run {run_dir} has finished without {weights.name}, the weights of epoch "
+                              f"{member.epoch}: delete {run_dir} to train it again")
+        model, _ = load_model(weights)
+    settings = read_run(run_dir)["settings"]
     analysis = dict(config.analyze)
     dataset = data_lib.for_analysis(model.fu_fast_config, trained=settings, split=analysis.pop("split", "test"),
                                     limit=analysis.pop("limit", None))
@@ -146,11 +164,13 @@ def is_done(out_dir: Path, member: Member) -> bool:
     return done_analysis(out_dir, member) is not None
 
 
-def normalize_series(out_dir: Path, members: list[Member], series: str) -> None:
-    """Divide every done member of ``series`` by its 4x member (docs/definitions.md), once known."""
+def normalize_series(out_dir: Path, members: list[Member], series: str,
+                     reference_width: float = REFERENCE_WIDTH) -> None:
+    """Divide every done member of ``series`` by its member of ``reference_width`` (the paper's 4x;
+    docs/definitions.md), once that one is done."""
     done = [(m, done_analysis(out_dir, m)) for m in members if m.series == series]
     done = [(m, result) for m, result in done if result is not None]
-    reference = next((result for m, result in done if m.width == REFERENCE_WIDTH), None)
+    reference = next((result for m, result in done if math.isclose(m.width, reference_width)), None)
     if reference is None:
         return
     for member, result in done:
@@ -186,10 +206,11 @@ def _check_same_sweep(out_dir: Path, config: SweepConfig, members: list[Member],
     damaged = []
     for member in members:
         folder = out_dir / member.dir
-        run = read_run(folder)
+        run = read_run(out_dir / member.run_dir)
         if run is not None:
             try:
-                check_same_training(folder, run["settings"], config.train_config(member, data_dir, device).resolve())
+                check_same_training(out_dir / member.run_dir, run["settings"],
+                                    config.train_config(member, data_dir, device).resolve())
             except FuFastError as e:
                 raise FuFastError(f"sweep member {member.dir}: {e}") from None
         try:
@@ -199,6 +220,8 @@ def _check_same_sweep(out_dir: Path, config: SweepConfig, members: list[Member],
             damaged.append((member, str(e)))
             continue
         before = _recorded_analysis(record, recorded.get(member.dir))
+        if before is not None:   # a setting added since the record was written: the default it ran with
+            before = {**ANALYSIS_ADDED, **before}
         if before is None:
             raise FuFastError(f"{out_dir} holds member {member.dir} analysed, but no {SWEEP_FILE} record of how: "
                               f"use another --out, or delete {folder / ANALYSIS_FILE} to analyse it again")

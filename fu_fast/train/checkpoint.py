@@ -6,6 +6,8 @@
                             model's build record, so `fu-fast analyze --checkpoint RUN_DIR`
                             rebuilds the model without being told what it is; it appears
                             when the run ends (best.pt holds it until then)
+    RUN_DIR/epoch-N.pt      with save_every / save_epochs: the weights at the end of epoch N, in
+                            model.pt's format (`fu-fast analyze --checkpoint RUN_DIR/epoch-N.pt`)
 
 Every file read here may come from elsewhere: torch files are loaded weights-only (tensors
 and plain containers, never code), and every record is checked before use, so a damaged,
@@ -32,6 +34,11 @@ RUN_SCHEMA = "fu-fast/run/1"
 MODEL_SCHEMA = "fu-fast/model/1"
 RUN_FILE, CHECKPOINT_FILE, MODEL_FILE = "run.json", "checkpoint.pt", "model.pt"
 BEST_FILE = "best.pt"   # the best weights so far; renamed to model.pt when the run ends
+
+
+def epoch_file(epoch: int) -> str:
+    """The name of the checkpoint of the weights at the end of ``epoch`` (save_every, save_epochs)."""
+    return f"epoch-{epoch}.pt"
 
 
 def save_torch(obj, path: Path) -> None:

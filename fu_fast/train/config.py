@@ -44,6 +44,10 @@ class TrainConfig:
     compile: bool = False
     workers: int = 0
     evaluate_test: bool = True            # test accuracy after every epoch (recorded, never used to stop)
+    # Epoch checkpoints RUN_DIR/epoch-N.pt (weights only, as model.pt): every save_every-th epoch and
+    # each epoch of save_epochs. None: none. Recorded, and a resumed run must keep them.
+    save_every: int | None = None
+    save_epochs: list | None = None
 
     def resolve(self) -> "TrainConfig":
         """A copy with every default filled in and k applied; checks every value.
@@ -70,6 +74,12 @@ class TrainConfig:
             if resolved.input_dim is not None and resolved.model_options["input_dim"] != resolved.input_dim:
                 raise FuFastError(f"model input_dim {resolved.model_options['input_dim']} differs from the "
                                   f"data's input_dim {resolved.input_dim}")
+        if resolved.save_epochs is not None:
+            if isinstance(resolved.save_epochs, (str, bytes)) or not hasattr(resolved.save_epochs, "__iter__"):
+                raise FuFastError(f"save epochs must be a list of epochs, got {resolved.save_epochs!r}")
+            epochs = [integer_setting(e, "a save epoch") for e in resolved.save_epochs]
+            # Sorted, each once, and None for no epoch: the same list however it was given.
+            resolved.save_epochs = sorted(set(epochs)) or None
         for option, value in model_entry.training_options.items():
             resolved.model_options.setdefault(option, value)
         if resolved.random_labels and resolved.augment:
@@ -97,6 +107,11 @@ def _check(c: TrainConfig) -> None:
         raise FuFastError(f"epochs must be at least 1, got {c.epochs}")
     if c.patience is not None and c.patience < 1:
         raise FuFastError(f"patience must be at least 1 epoch, got {c.patience}")
+    if c.save_every is not None:
+        integer_setting(c.save_every, "save_every (epochs between epoch checkpoints)")
+    if c.save_epochs is not None and c.save_epochs[-1] > c.epochs:
+        raise FuFastError(f"save epoch {c.save_epochs[-1]} lies past the last epoch ({c.epochs}): it would never "
+                          f"be saved")
     if c.workers < 0:
         raise FuFastError(f"workers must be >= 0, got {c.workers}")
     if not (c.width > 0):

@@ -41,10 +41,11 @@ def train(config: TrainConfig, out_dir: str | Path, *, quiet: bool = False, sile
           on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train (or resume, or find finished) the run in ``out_dir``; returns its run record.
 
-    The run directory gets run.json, checkpoint.pt (every epoch) and model.pt (see
-    fu_fast.train.checkpoint). A finished run with the same settings is returned as it is;
-    an unfinished one resumes from its last checkpoint; one with different settings is an
-    error. Under torchrun each process trains on its shard of every global batch.
+    The run directory gets run.json, checkpoint.pt (every epoch), model.pt and, with
+    save_every or save_epochs, epoch-N.pt (see fu_fast.train.checkpoint). A finished run with
+    the same settings is returned as it is; an unfinished one resumes from its last
+    checkpoint; one with different settings is an error. Under torchrun each process trains on
+    its shard of every global batch.
     Progress: bars, one line per epoch when ``quiet``, nothing when ``silent``.
     """
     config = config.resolve()
@@ -132,9 +133,11 @@ def _train(config: TrainConfig, out_dir: Path, ctx: Distributed, device: torch.d
             state["epoch"] = epoch
             state["history"].append(metrics)
             if ctx.main:
+                weights = ckpt.model_file_record(model, {"epoch": epoch, "accuracy": _accuracies(metrics)})
                 if improved:   # the weights to analyse: the best validation epoch, or the last
-                    ckpt.save_torch(ckpt.model_file_record(model, {"epoch": epoch, "accuracy": _accuracies(metrics)}),
-                                    out_dir / ckpt.BEST_FILE)
+                    ckpt.save_torch(weights, out_dir / ckpt.BEST_FILE)
+                if saves_epoch(config, epoch):   # before checkpoint.pt: a resumed run never skips one
+                    ckpt.save_torch(weights, out_dir / ckpt.epoch_file(epoch))
                 ckpt.save_torch({"model": model.state_dict(), "model_config": model.fu_fast_config,
                                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                  "state": state}, out_dir / ckpt.CHECKPOINT_FILE)
@@ -149,6 +152,11 @@ def _train(config: TrainConfig, out_dir: Path, ctx: Distributed, device: torch.d
         ckpt.write_run(out_dir, _record(record, state, "finished"))
     ctx.barrier()
     return _record(record, state, "finished")
+
+
+def saves_epoch(config: TrainConfig, epoch: int) -> bool:
+    """Whether the run keeps the weights of ``epoch`` as epoch-N.pt (config resolved)."""
+    return (config.save_every is not None and epoch % config.save_every == 0) or epoch in (config.save_epochs or ())
 
 
 def _record(record: dict, state: dict, status: str) -> dict:
