@@ -151,3 +151,14 @@ def test_the_command_line_takes_orders_and_noise_levels(tmp_path):
         run = CliRunner().invoke(app, ["analyze", "--model", "mlp", "--limit", "10", "-q", *bad])
         lines = run.output.strip().splitlines()
         assert run.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_a_sweep_records_its_orders_and_noise_levels_as_the_analysis_does():
+    from fu_fast.sweep import load_config
+
+    config = load_config(preset="mlp-synthetic-beyond")
+    settings = config.analysis_settings()
+    assert settings["orders"][0] == "random" and len(settings["orders"]) == 9
+    assert settings["noise_levels"] == [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
+    plain = load_config(preset="mlp-synthetic-10d").analysis_settings()
+    assert plain["orders"] == ["random"] and plain["noise_levels"] is None

@@ -271,21 +271,24 @@ def _one_pass(model, batches, layer_names, settings: AnalysisSettings, device, d
                 std = np.sqrt(np.clip(np.diag(layer_pass.moments.covariance()), 0.0, None))
                 layer_pass.noise.unit_std = torch.from_numpy(
                     order_lib.per_ablation_unit(std, layer_pass.layer)).to(device)
-    predictions, correct = _ablation_pass(forward, batches, passes, device, dtype, channels_last,
-                                          memory_budget or _default_budget(device), progress, token_mask)
+    predictions, correct, output_finite = _ablation_pass(forward, batches, passes, device, dtype, channels_last,
+                                                         memory_budget or _default_budget(device), progress,
+                                                         token_mask)
     if group is not None:
         _combine_counts(passes, predictions, correct, device)
         if not first_pass:
             _combine_statistics(passes, device)
-    _check_finite_statistics(passes)
+    _check_finite_statistics(passes)   # the layers first: they name where a NaN or infinity came from
+    if not bool(output_finite):
+        raise FuFastError("the model's output contains NaN or infinite values")
     return passes, skipped, predictions, correct
 
 
 def _ablation_pass(forward, batches, passes: list[LayerPass], device, dtype, channels_last, budget, progress,
-                   token_mask) -> tuple[torch.Tensor, torch.Tensor]:
+                   token_mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The pass with the masks (and, unless a first pass did, the statistics); returns the number of
-    predictions and of correct labels, accumulated on the device: the loop never waits for the
-    GPU, so data loading, copies and kernels overlap."""
+    predictions and of correct labels and whether the base logits were finite, accumulated on the
+    device: the loop never waits for the GPU, so data loading, copies and kernels overlap."""
     correct = torch.zeros((), dtype=torch.int64, device=device)
     predictions = torch.zeros((), dtype=torch.int64, device=device)
     output_finite = torch.ones((), dtype=torch.bool, device=device)
@@ -308,9 +311,7 @@ def _ablation_pass(forward, batches, passes: list[LayerPass], device, dtype, cha
         first += rows
         if progress is not None:
             progress(first - batches.offset, batches.stop - batches.offset)
-    if not bool(output_finite):
-        raise FuFastError("the model's output contains NaN or infinite values")
-    return predictions, correct
+    return predictions, correct, output_finite
 
 
 def _statistics_pass(forward, batches, passes: list[LayerPass], device, dtype, channels_last, token_mask) -> None:
@@ -341,7 +342,7 @@ def _add_classes(passes: list[LayerPass], base: torch.Tensor, labels, rows: int,
 
 
 def _check_finite_statistics(passes: list[LayerPass]) -> None:
-    for layer_pass in passes:   # the layers first: they name where a NaN or infinity came from
+    for layer_pass in passes:
         if not layer_pass.moments.finite():
             raise FuFastError(f"layer '{layer_pass.layer.name}' produced NaN or infinite activations")
 

@@ -53,6 +53,8 @@ import torch
 
 from .. import data as data_lib
 from .. import models as zoo
+from ..analysis.noise import check_levels
+from ..analysis.orders import check_orders
 from ..analysis.settings import AnalysisSettings
 from ..errors import FuFastError
 from ..train import TrainConfig
@@ -68,9 +70,11 @@ SETTING_TYPES = {f.name: _TYPES[str(f.type).split(" | ")[0]] for f in dataclasse
                  if f.name in _TRAIN_FIELDS}
 SETTING_TYPES.update(init=str, dropout=float, num_classes=int, input_size=int)
 LEVELS = "levels"   # the type of [analyze] levels: a count of grid points, or the grid itself
-NAMES = "names"     # the type of [analyze] layers: a non-empty list of distinct layer names
+NAMES = "names"     # the type of [analyze] layers and orders: a non-empty list of distinct names
+NUMBERS = "numbers"  # the type of [analyze] noise_levels: a list of numbers
 ANALYZE_TYPES = {"split": str, "limit": int, "layers": NAMES, "tolerance": float, "pca_tolerance": float,
-                 "repeats": int, "levels": LEVELS, "sample_cap": int, "unit": str, "seed": int, "batch_size": int}
+                 "repeats": int, "levels": LEVELS, "sample_cap": int, "unit": str, "seed": int, "batch_size": int,
+                 "orders": NAMES, "noise_levels": NUMBERS}
 ANALYZE_KEYS = tuple(ANALYZE_TYPES)
 # Counts and sizes are refused here, naming their key. The other values are checked by the code
 # that uses them (TrainConfig.resolve, models.build, fu_fast.analyze's checks), called on load.
@@ -78,10 +82,11 @@ _AT_LEAST = {"batch_size": 1, "epochs": 1, "patience": 1, "input_dim": 1, "input
              "limit": 1, "workers": 0, "data_seed": 0, "weight_decay": 0}
 _POSITIVE = ("lr", "k")
 _NOUNS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
-          LEVELS: "an integer or a list of numbers", NAMES: "a non-empty list of distinct layer names"}
+          LEVELS: "an integer or a list of numbers", NAMES: "a non-empty list of distinct names",
+          NUMBERS: "a list of numbers"}
 # The analysis settings a sweep records per member; "layers" None is the model's own analysis layers.
 # A record written before a setting existed holds it at its default (ANALYSIS_ADDED).
-ANALYSIS_ADDED = {"layers": None}
+ANALYSIS_ADDED = {"layers": None, "orders": ["random"], "noise_levels": None}
 _ANALYSIS_DEFAULTS = {"split": "test", "limit": None, **ANALYSIS_ADDED, **dataclasses.asdict(AnalysisSettings())}
 # A preset's description of itself, for --list-presets and the README; not part of the sweep.
 PRESET_METADATA = {"description": "a non-empty string", "figures": "a list of strings (the paper's figures)",
@@ -134,6 +139,21 @@ PRESETS: dict[str, dict] = {
         "cost": "about 1 CPU-minute (measured: 67 s on one core)",
         "models": ["mlp"], "widths": _PAPER_WIDTHS, "trials": 3,
         "train": {"input_dim": 10}, "vary": {"init": ["gaussian:0.01", "gaussian:0.1", "gaussian:1.0"]},
+    },
+    # Beyond the paper (docs/definitions.md: targeted ablation, noise, selectivity): the 10-dimensional
+    # synthetic MLP series at init std 0.01, analysed with every targeted order and noise curves; map its
+    # neighbouring widths with `fu-fast map SWEEP_DIR --out SWEEP_DIR/mapping` before `fu-fast report`.
+    "mlp-synthetic-beyond": {
+        "description": "MLP on synthetic teacher data, 10 input dimensions, init std 0.01, analysed with "
+                       "targeted ablation (every order and its reverse) and noise curves (0 to 16 unit stds)",
+        "figures": [], "data": "synthetic (generated)",
+        "cost": "about 1 CPU-minute",
+        "models": ["mlp"], "widths": _PAPER_WIDTHS, "trials": 3,
+        "train": {"input_dim": 10, "init": "gaussian:0.01"},
+        "analyze": {"orders": ["random", "activation", "weight_norm", "redundancy", "selectivity",
+                               "activation_reverse", "weight_norm_reverse", "redundancy_reverse",
+                               "selectivity_reverse"],
+                    "noise_levels": [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0]},
     },
     # Not in the paper: a real data set that needs no download (scikit-learn's digits, fu_fast/data/digits.py).
     # The MLP's training defaults (the paper's synthetic-data settings) reach about 97% test accuracy on it
@@ -363,9 +383,13 @@ def analysis_settings(analyze_table: dict) -> dict:
     names = [f.name for f in dataclasses.fields(AnalysisSettings)]
     try:
         checked = AnalysisSettings(**{name: settings[name] for name in names})
+        # As fu_fast.analyze records them: "random" first among the orders, the levels as floats.
+        orders = check_orders(["random", *(o for o in settings["orders"] if o != "random")])
+        noise_levels = check_levels(settings["noise_levels"])
     except FuFastError as e:
         raise FuFastError(f"[analyze] {e}") from None
-    return {**settings, **checked.record()}
+    return {**settings, **checked.record(), "orders": list(orders),
+            "noise_levels": None if noise_levels is None else list(noise_levels)}
 
 
 def load_config(path: str | Path | None = None, preset: str | None = None, trials: int | None = None) -> SweepConfig:
@@ -626,6 +650,8 @@ def _is_a(value, kind) -> bool:
         return isinstance(value, (int, float)) and math.isfinite(value)
     if kind is str:
         return isinstance(value, str)
+    if kind is NUMBERS:
+        return isinstance(value, list) and all(_is_a(v, float) for v in value)
     if kind is NAMES:
         return (isinstance(value, list) and bool(value) and all(isinstance(v, str) and v.strip() for v in value)
                 and len(set(value)) == len(value))
