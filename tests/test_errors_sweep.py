@@ -184,7 +184,7 @@ BAD_CONFIGURATIONS = [
     ("zero analysis batch", MLP + "[analyze]\nbatch_size = 0\n", "[analyze] batch_size must be at least 1, got 0"),
     ("unknown order", MLP + '[analyze]\norders = ["random", "size"]\n', "[analyze] unknown order 'size'"),
     ("orders as text", MLP + '[analyze]\norders = "activation"\n',
-     "[analyze] orders must be a non-empty list of distinct names"),
+     "[analyze] orders must be a non-empty list of distinct order names"),
     ("noise from 1", MLP + "[analyze]\nnoise_levels = [1, 2]\n", "[analyze] noise_levels must start at 0"),
     ("noise of text", MLP + '[analyze]\nnoise_levels = [0, "a"]\n', "[analyze] noise_levels must be a list of numbers"),
 ]

@@ -70,11 +70,12 @@ SETTING_TYPES = {f.name: _TYPES[str(f.type).split(" | ")[0]] for f in dataclasse
                  if f.name in _TRAIN_FIELDS}
 SETTING_TYPES.update(init=str, dropout=float, num_classes=int, input_size=int)
 LEVELS = "levels"   # the type of [analyze] levels: a count of grid points, or the grid itself
-NAMES = "names"     # the type of [analyze] layers and orders: a non-empty list of distinct names
+NAMES = "names"     # the type of [analyze] layers: a non-empty list of distinct layer names
+ORDERS = "orders"   # the type of [analyze] orders: a non-empty list of distinct order names
 NUMBERS = "numbers"  # the type of [analyze] noise_levels: a list of numbers
 ANALYZE_TYPES = {"split": str, "limit": int, "layers": NAMES, "tolerance": float, "pca_tolerance": float,
                  "repeats": int, "levels": LEVELS, "sample_cap": int, "unit": str, "seed": int, "batch_size": int,
-                 "orders": NAMES, "noise_levels": NUMBERS}
+                 "orders": ORDERS, "noise_levels": NUMBERS}
 ANALYZE_KEYS = tuple(ANALYZE_TYPES)
 # Counts and sizes are refused here, naming their key. The other values are checked by the code
 # that uses them (TrainConfig.resolve, models.build, fu_fast.analyze's checks), called on load.
@@ -82,8 +83,8 @@ _AT_LEAST = {"batch_size": 1, "epochs": 1, "patience": 1, "input_dim": 1, "input
              "limit": 1, "workers": 0, "data_seed": 0, "weight_decay": 0}
 _POSITIVE = ("lr", "k")
 _NOUNS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
-          LEVELS: "an integer or a list of numbers", NAMES: "a non-empty list of distinct names",
-          NUMBERS: "a list of numbers"}
+          LEVELS: "an integer or a list of numbers", NAMES: "a non-empty list of distinct layer names",
+          ORDERS: "a non-empty list of distinct order names", NUMBERS: "a list of numbers"}
 # The analysis settings a sweep records per member; "layers" None is the model's own analysis layers.
 # A record written before a setting existed holds it at its default (ANALYSIS_ADDED).
 ANALYSIS_ADDED = {"layers": None, "orders": ["random"], "noise_levels": None}
@@ -652,7 +653,7 @@ def _is_a(value, kind) -> bool:
         return isinstance(value, str)
     if kind is NUMBERS:
         return isinstance(value, list) and all(_is_a(v, float) for v in value)
-    if kind is NAMES:
+    if kind in (NAMES, ORDERS):
         return (isinstance(value, list) and bool(value) and all(isinstance(v, str) and v.strip() for v in value)
                 and len(set(value)) == len(value))
     return isinstance(value, int) or isinstance(value, list) and all(_is_a(v, float) for v in value)   # levels
