@@ -239,11 +239,7 @@ def load_weights(model, path, spec: str, num_classes=None) -> None:
 def read_state_dict(path) -> dict:
     """The state dict in the file ``path`` (a plain state dict, or a checkpoint dict holding one
     under "state_dict" or "model"), loaded weights-only on the CPU; FuFastError with one line."""
-    import warnings
-
-    import torch
-
-    from ..train.checkpoint import ZIP_MAGIC, _unreadable
+    from ..train.checkpoint import load_torch
 
     path = Path(path)
     where = f"weights file {path}"
@@ -251,19 +247,7 @@ def read_state_dict(path) -> dict:
         raise FuFastError(f"{where} does not exist")
     if path.is_dir():
         raise FuFastError(f"{where} is a directory, not a state dict file")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(ZIP_MAGIC))
-    except OSError as e:
-        raise FuFastError(f"cannot read {where}: {e.strerror or e}") from None
-    if not head:
-        raise FuFastError(f"cannot read {where}: it is empty (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise FuFastError(f"cannot read {where}: {_unreadable(e, head == ZIP_MAGIC)}") from None
+    saved = load_torch(path, "weights file")
     state_dict = _find_state_dict(saved)
     if state_dict is None:
         what = (f"a dict with keys {_keys(list(saved))}" if isinstance(saved, dict)

@@ -49,23 +49,23 @@ def save_torch(obj, path: Path) -> None:
 ZIP_MAGIC = b"PK\x03\x04"   # torch.save writes a zip archive
 
 
-def load_torch(path: Path):
-    """What torch.save wrote at ``path``, loaded weights-only; FuFastError with one line for
-    anything else."""
+def load_torch(path: Path, what: str = "checkpoint"):
+    """What torch.save wrote at ``path`` (``what``: how messages name the file), loaded
+    weights-only; FuFastError with one line for anything else."""
     try:
         with open(path, "rb") as f:
             head = f.read(len(ZIP_MAGIC))
     except OSError as e:
-        raise FuFastError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+        raise FuFastError(f"cannot read {what} {path}: {e.strerror or e}") from None
     if not head:
-        raise FuFastError(f"cannot read checkpoint {path}: it is empty (0 bytes), not a PyTorch checkpoint")
+        raise FuFastError(f"cannot read {what} {path}: it is empty (0 bytes), not a PyTorch checkpoint")
     try:
         with warnings.catch_warnings():
             # A plain pickle (not torch.save's) draws a protocol warning before the error: one line only.
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise FuFastError(f"cannot read checkpoint {path}: {_unreadable(e, head == ZIP_MAGIC)}") from None
+        raise FuFastError(f"cannot read {what} {path}: {_unreadable(e, head == ZIP_MAGIC)}") from None
 
 
 def _unreadable(error: Exception, zip_archive: bool) -> str:
