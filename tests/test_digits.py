@@ -259,3 +259,15 @@ def test_the_mlp_digits_preset_end_to_end(tmp_path, sklearn):
     rows = [line.split("|") for line in summary.splitlines() if line.startswith("| 1 | 3 |")]
     accuracy = float(rows[0][4].split("±")[0])
     assert accuracy > 0.95, summary
+
+
+def test_a_training_configuration_on_digits_builds_a_model_that_reads_them():
+    """TrainConfig.resolve completes the build options from the data set, as the command line does."""
+    pytest.importorskip("sklearn")
+    from fu_fast.train import TrainConfig
+
+    assert TrainConfig(model="mlp", data="digits").resolve().model_options["input_dim"] == 64
+    conv = TrainConfig(model="alexnet", data="digits").resolve().model_options
+    assert (conv["input_size"], conv["in_channels"], conv["num_classes"]) == (8, 1, 10)
+    with pytest.raises(FuFastError, match="input_dim 64"):
+        TrainConfig(model="mlp", data="digits", model_options={"input_dim": 10}).resolve()

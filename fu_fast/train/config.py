@@ -67,6 +67,9 @@ class TrainConfig:
         # A small k may scale a small batch below one example: one is the least there is.
         resolved.batch_size = max(1, round(resolved.batch_size * resolved.k))
         resolved.lr = resolved.lr * resolved.k
+        # The build options a data set needs (digits: 64-vectors for an MLP, 1x8x8 images for a conv net).
+        from .. import data as data_lib
+        resolved.model_options = data_lib.fit_model_options(resolved.data, resolved.model, resolved.model_options)
         if resolved.data == "synthetic" and resolved.input_dim is None:
             resolved.input_dim = resolved.model_options.get("input_dim", 10)
         if resolved.model == "mlp":
