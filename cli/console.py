@@ -14,8 +14,9 @@ from rich.console import Console
 
 from fu_fast.errors import FuFastError
 
-out = Console()
-err = Console(stderr=True, soft_wrap=True)   # messages are never broken mid-line
+# No emoji codes: user text such as "package.module:factory:" must print as given.
+out = Console(emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)   # messages are never broken mid-line
 RESUMABLE_COMMANDS = ("train", "sweep")      # a rerun of the same command continues where it stopped
 
 

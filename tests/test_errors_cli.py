@@ -30,9 +30,10 @@ def trained_run(tmp_path_factory):
 def places(tmp_path, trained_run):
     """Names the table's command lines use: a file, a directory, the trained run."""
     (tmp_path / "a_file").write_text("not a directory")
+    (tmp_path / "empty").write_bytes(b"")
     (tmp_path / "a_dir").mkdir()
-    return {"FILE": tmp_path / "a_file", "DIR": tmp_path / "a_dir", "UNDER_FILE": tmp_path / "a_file" / "x",
-            "RUN": trained_run, "NEW": tmp_path / "new"}
+    return {"FILE": tmp_path / "a_file", "EMPTY": tmp_path / "empty", "DIR": tmp_path / "a_dir",
+            "UNDER_FILE": tmp_path / "a_file" / "x", "RUN": trained_run, "NEW": tmp_path / "new"}
 
 
 ANALYZE = ("analyze", "--model", "mlp", "--width", "0.25", "--limit", "50", "-q")
@@ -75,6 +76,45 @@ BAD_COMMAND_LINES = [
     (("compress", "--checkpoint", "RUN", "--out", "FILE"), ["exists and is not a directory"]),
     (("visualize", "--model", "alexnet", "--thin-width", "0.25", "--wide-width", "0.5", "--out", "UNDER_FILE"),
      ["is not a directory"]),
+    # targeted orders and noise levels, checked before a model is built
+    (ANALYZE + ("--orders", "size"), ["unknown order 'size'"]),
+    (ANALYZE + ("--noise-levels", "0,x"), ["--noise-levels takes comma-separated numbers"]),
+    (ANALYZE + ("--noise-levels", ""), ["--noise-levels takes comma-separated numbers"]),
+    (ANALYZE + ("--noise-levels", "1,2"), ["noise_levels must start at 0"]),
+    # models by name and their weight files (read weights-only)
+    (("analyze", "--model", "torchvision:nosuch", "-q"), ["unknown torchvision classification model 'nosuch'"]),
+    (("analyze", "--model", "torchvision:resnet18", "--weights", "FILE", "-q"),
+     ["cannot read weights file", "not a PyTorch checkpoint"]),
+    (("analyze", "--model", "torchvision:resnet18", "--weights", "EMPTY", "-q"), ["it is empty (0 bytes)"]),
+    (("analyze", "--model", "torchvision:resnet18", "--weights", "NEW", "-q"), ["does not exist"]),
+    (("analyze", "--model", "torchvision:resnet18", "--weights", "DIR", "-q"), ["is a directory"]),
+    (("analyze", "--model", "torchvision:resnet18", "--num-classes", "1", "-q"), ["num_classes", "at least 2"]),
+    (("analyze", "--model", "torchvision:resnet18", "--width", "2", "-q"), ["--width scales the zoo models"]),
+    (("analyze", "--model", "nosuchpkg.mod:factory", "-q"), ["nosuchpkg.mod:factory: no module named"]),
+    (("analyze", "--model", "mlp", "--weights", "FILE", "-q"), ["--weights loads a state dict into"]),
+    (("analyze", "--checkpoint", "FILE", "-q"), ["cannot read checkpoint", "not a PyTorch checkpoint"]),
+    (("analyze", "--checkpoint", "EMPTY", "-q"), ["it is empty (0 bytes)"]),
+    (("analyze", "--model", "mlp", "--data", "cifar10", "--data-dir", "DIR", "-q"),
+     ["no cifar-10-batches-py", "fu-fast data cifar10 DIR"]),
+    # fu-fast map: checkpoints, layers and settings
+    (("map", "FILE", "RUN", "--out", "NEW"), ["THIN: cannot read checkpoint", "not a PyTorch checkpoint"]),
+    (("map", "RUN", "--out", "NEW"), ["say what to map"]),
+    (("map", "RUN", "NEW", "--out", "DIR"), ["WIDE: checkpoint", "does not exist"]),
+    (("map", "RUN", "RUN", "--out", "UNDER_FILE"), ["is not a directory"]),
+    (("map", "RUN", "RUN", "--out", "NEW", "--layers", "a=b=c"), ["--layers 'a=b=c'"]),
+    (("map", "RUN", "RUN", "--out", "NEW", "--ridge", "-1"), ["ridge must be a positive number"]),
+    (("map", "RUN", "RUN", "--out", "NEW", "--sample-cap", "1"), ["sample_cap must be an integer of at least 2"]),
+    (("map", "RUN", "RUN", "--out", "NEW", "--limit", "0"), ["--limit must be a positive number"]),
+    # fu-fast data, epoch checkpoints, report and sweep files
+    (("data", "cifar10", "FILE"), ["exists and is not a directory"]),
+    (("data", "nosuch", "NEW"), ["unknown data set 'nosuch'"]),
+    (TRAIN + ("--out", "NEW", "--save-epochs", "x"), ["--save-epochs must be epochs separated by commas"]),
+    (TRAIN + ("--out", "NEW", "--save-every", "0"), ["save_every", "must be a positive integer"]),
+    (TRAIN + ("--out", "NEW", "--save-epochs", "5"), ["save epoch 5 lies past the last epoch"]),
+    (("report", "DIR"), ["sweep.json not found"]),
+    (("report", "FILE"), ["is a file, not a sweep directory"]),
+    (("sweep", "FILE", "--out", "NEW"), ["is not valid TOML"]),
+    (("sweep", "EMPTY", "--out", "NEW"), ["models must be a non-empty list"]),
 ]
 
 

@@ -89,6 +89,8 @@ class Sweep:
 def load_sweep(sweep_dir: str | Path) -> Sweep:
     """Read sweep.json and every done member's documents; user mistakes raise FuFastError."""
     sweep_dir = Path(sweep_dir)
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise FuFastError(f"{sweep_dir} is a file, not a sweep directory")
     record = _read_json(sweep_dir / "sweep.json", f"no sweep at {sweep_dir}: sweep.json not found")
     if not isinstance(record, dict) or record.get("schema") != SWEEP_SCHEMA:
         schema = record.get("schema") if isinstance(record, dict) else None
