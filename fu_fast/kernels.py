@@ -529,13 +529,15 @@ def noise_rows(x: torch.Tensor, keys: list[int], scales: list[float], unit_std: 
     return data
 
 
-def _ranked_keep(x: torch.Tensor, ranks: torch.Tensor, thresholds: list[int], inner: int) -> torch.Tensor:
-    """(K, 1, units, inner)-broadcastable keep mask: unit u of copy k stays when ranks[k, u] >= thresholds[k]."""
-    limits = torch.tensor(thresholds, dtype=torch.int64, device=x.device)[:, None]
-    return (ranks.to(x.device) >= limits)[:, None, :, None]
+def _ranked_keep(x: torch.Tensor, ranks: torch.Tensor, thresholds) -> torch.Tensor:
+    """(K, 1, units, 1)-broadcastable keep mask: unit u of copy k stays when ranks[k, u] >= thresholds[k].
+    ``thresholds``: a list, or an int64 tensor already on x's device (no copy in a forward hook)."""
+    if not isinstance(thresholds, torch.Tensor):
+        thresholds = _mask_table([0] * len(thresholds), thresholds, x.device)[len(thresholds):]
+    return (ranks.to(x.device) >= thresholds[:, None])[:, None, :, None]
 
 
-def expand_ranked(x: torch.Tensor, ranks: torch.Tensor, thresholds: list[int], inner: int) -> torch.Tensor:
+def expand_ranked(x: torch.Tensor, ranks: torch.Tensor, thresholds, inner: int) -> torch.Tensor:
     """expand_masked with an explicit order per copy instead of a keyed permutation: copy k of x
     (B, ...) zeroes the units u with ranks[k, u] < thresholds[k] (targeted ablation,
     fu_fast.analysis.orders). Units as in expand_masked (NCHW order whatever the memory format).
@@ -543,12 +545,11 @@ def expand_ranked(x: torch.Tensor, ranks: torch.Tensor, thresholds: list[int], i
     and kept ones keep their bits."""
     batch, units = x.shape[0], x[0].numel() // inner
     logical = x.reshape(1, batch, units, inner)
-    out = torch.where(_ranked_keep(x, ranks, thresholds, inner), logical, torch.zeros((), dtype=x.dtype,
-                                                                                      device=x.device))
+    out = torch.where(_ranked_keep(x, ranks, thresholds), logical, torch.zeros((), dtype=x.dtype, device=x.device))
     return out.reshape((len(thresholds) * batch,) + tuple(x.shape[1:]))
 
 
-def mask_rows_ranked(x: torch.Tensor, ranks: torch.Tensor, thresholds: list[int], inner: int) -> torch.Tensor:
+def mask_rows_ranked(x: torch.Tensor, ranks: torch.Tensor, thresholds, inner: int) -> torch.Tensor:
     """mask_rows with an explicit order per copy (see expand_ranked): x holds K = len(thresholds)
     copies of a batch; returns the masked copies (a new tensor)."""
     copies = len(thresholds)
@@ -557,8 +558,7 @@ def mask_rows_ranked(x: torch.Tensor, ranks: torch.Tensor, thresholds: list[int]
                           "of a batch")
     batch, units = x.shape[0] // copies, x[0].numel() // inner
     logical = x.reshape(copies, batch, units, inner)
-    out = torch.where(_ranked_keep(x, ranks, thresholds, inner), logical, torch.zeros((), dtype=x.dtype,
-                                                                                      device=x.device))
+    out = torch.where(_ranked_keep(x, ranks, thresholds), logical, torch.zeros((), dtype=x.dtype, device=x.device))
     return out.reshape(x.shape)
 
 

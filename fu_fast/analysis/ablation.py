@@ -25,8 +25,9 @@ from .layers import Layer
 @dataclass(frozen=True)
 class Masks:
     """K masks of one layer: mask k zeroes the units ranked below thresholds[k], ranked by the keyed
-    random permutation keys[k] or, for targeted ablation, by the rank table row ranks[k]."""
-    thresholds: list[int]
+    random permutation keys[k] or, for targeted ablation, by the rank table row ranks[k] (the
+    thresholds then an int64 tensor on the device, made once: no copy inside a forward hook)."""
+    thresholds: list[int] | torch.Tensor
     keys: list[int] | None = None
     ranks: torch.Tensor | None = None     # (K, n) int64
 

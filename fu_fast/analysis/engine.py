@@ -188,28 +188,30 @@ class LayerPass:
     statistics: dict = field(default_factory=dict)   # order statistics known before the data (weight norms)
     noise: noise_lib.NoisePlan | None = None   # noise copies and their counts
 
+    def __post_init__(self) -> None:
+        # Where each random mask's agreement goes: made once on the device (chunks slice it).
+        self.mask_index = torch.arange(self.plan.num_masks, device=self.counts.device)
+
     def chunks(self, rows: int, budget: int, first_example: int) -> Iterator[tuple]:
         """(masks, counts, index) per group of masks whose expanded passes over ``rows`` rows fit the
         budget: the random orders' masks, then the targeted orders', then the noise copies (of the
         batch whose first example is ``first_example``); each mask's agreement goes to counts[index]."""
         size = max(1, budget // max(1, rows * self.layer.suffix_bytes_per_row))
-        keys, thresholds = list(self.plan.keys), list(self.plan.thresholds)
+        keys, thresholds, index = self.plan.keys, self.plan.thresholds, self.mask_index
         for start in range(0, len(keys), size):
-            stop = min(start + size, len(keys))
-            yield (ablation.Masks(thresholds[start:stop], keys=keys[start:stop]), self.counts,
-                   torch.arange(start, stop, device=self.counts.device))
+            yield (ablation.Masks(list(thresholds[start:start + size]), keys=list(keys[start:start + size])),
+                   self.counts, index[start:start + size])
         if self.ordered is not None:
             ranks, ordered_thresholds, where = self.ordered.mask_table()
             for start in range(0, len(where), size):
-                stop = min(start + size, len(where))
-                yield (ablation.Masks(ordered_thresholds[start:stop], ranks=ranks[start:stop]), self.ordered.counts,
-                       torch.tensor(where[start:stop], device=self.counts.device))
+                yield (ablation.Masks(ordered_thresholds[start:start + size], ranks=ranks[start:start + size]),
+                       self.ordered.counts, where[start:start + size])
         if self.noise is not None:
             keys, scales, where = self.noise.copies()
             for start in range(0, len(where), size):
-                stop = min(start + size, len(where))
-                yield (noise_lib.NoiseCopies(keys[start:stop], scales[start:stop], self.noise.unit_std, first_example),
-                       self.noise.counts, torch.tensor(where[start:stop], device=self.counts.device))
+                yield (noise_lib.NoiseCopies(keys[start:start + size], scales[start:start + size],
+                                             self.noise.unit_std, first_example),
+                       self.noise.counts, where[start:start + size])
 
     def feed(self, output: torch.Tensor, first_example: int, rows: int) -> None:
         """Merge the sampled positions of the unmasked rows (the first ``rows``) into the moments,

@@ -71,6 +71,7 @@ class NoisePlan:
     seed: int
     counts: torch.Tensor                 # (repeats * levels) agreement counts
     unit_std: torch.Tensor | None = None  # per ablation unit, float64 on the device
+    _copies: tuple | None = None          # copies(), once made
 
     @classmethod
     def build(cls, layer: str, levels: tuple[float, ...] | None, repeats: int, seed: int, device) -> "NoisePlan | None":
@@ -78,16 +79,19 @@ class NoisePlan:
             return None
         return cls(layer, levels, repeats, seed, torch.zeros(repeats * len(levels), dtype=torch.int64, device=device))
 
-    def copies(self) -> tuple[list[int], list[float], list[int]]:
-        """(keys, scales, count index) of the copies that need a pass (level 0 needs none)."""
-        keys, scales, where = [], [], []
-        for r in range(self.repeats):
-            for index, level in enumerate(self.levels):
-                if level > 0:
-                    keys.append(noise_key(self.seed, self.layer, r, index))
-                    scales.append(level)
-                    where.append(r * len(self.levels) + index)
-        return keys, scales, where
+    def copies(self) -> tuple[list[int], list[float], torch.Tensor]:
+        """(keys, scales, count index on the counts' device) of the copies that need a pass (level 0
+        needs none); made once, so no batch pays for it."""
+        if self._copies is None:
+            keys, scales, where = [], [], []
+            for r in range(self.repeats):
+                for index, level in enumerate(self.levels):
+                    if level > 0:
+                        keys.append(noise_key(self.seed, self.layer, r, index))
+                        scales.append(level)
+                        where.append(r * len(self.levels) + index)
+            self._copies = keys, scales, torch.tensor(where, dtype=torch.int64, device=self.counts.device)
+        return self._copies
 
     def curves(self, predictions: int) -> list[list[float]]:
         counts = self.counts.cpu().numpy().reshape(self.repeats, len(self.levels))

@@ -62,6 +62,7 @@ class OrderedMasks:
     thresholds: tuple[int, ...]      # per level
     ranks: torch.Tensor | None = None  # (len(orders), n) int64 once known
     counts: torch.Tensor | None = None  # examples whose label survived each (order, level) mask
+    _table: tuple | None = None          # mask_table(), once made
 
     @classmethod
     def build(cls, orders: tuple[str, ...], units: int, grid: list[float], device) -> "OrderedMasks | None":
@@ -72,17 +73,22 @@ class OrderedMasks:
         counts = torch.zeros(len(targeted) * len(grid), dtype=torch.int64, device=device)
         return cls(targeted, thresholds, None, counts)
 
-    def mask_table(self) -> tuple[torch.Tensor, list[int], list[int]]:
-        """(rank rows, thresholds, count index) of the masks that need a pass: nothing ablated needs
-        none (the labels are the base labels)."""
-        rows, thresholds, where = [], [], []
-        for o in range(len(self.orders)):
-            for level, threshold in enumerate(self.thresholds):
-                if threshold > 0:
-                    rows.append(o)
-                    thresholds.append(threshold)
-                    where.append(o * len(self.thresholds) + level)
-        return self.ranks[rows], thresholds, where
+    def mask_table(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rank rows, thresholds, count index), one row per mask that needs a pass (nothing ablated
+        needs none: the labels are the base labels), all on the counts' device; made once, after the
+        ranks are known, so no batch pays for it."""
+        if self._table is None:
+            rows, thresholds, where = [], [], []
+            for o in range(len(self.orders)):
+                for level, threshold in enumerate(self.thresholds):
+                    if threshold > 0:
+                        rows.append(o)
+                        thresholds.append(threshold)
+                        where.append(o * len(self.thresholds) + level)
+            device = self.counts.device
+            self._table = (self.ranks[rows], torch.tensor(thresholds, dtype=torch.int64, device=device),
+                           torch.tensor(where, dtype=torch.int64, device=device))
+        return self._table
 
     def curves(self, examples: int) -> dict[str, list[float]]:
         counts = self.counts.cpu().numpy().reshape(len(self.orders), len(self.thresholds))
