@@ -106,22 +106,22 @@ def ranks_from_scores(scores: np.ndarray, descending: bool) -> np.ndarray:
     return ranks
 
 
+# Per base order: the statistic it sorts by (one score per channel or feature), the finer one per
+# ablation unit that replaces it with unit="position" when known, and whether larger goes first.
+_SCORES = {"activation": ("channel_mean", "element_mean", False), "weight_norm": ("weight_norm",
+           "element_weight_norm", False), "redundancy": ("mean_abs_r", None, True),
+           "selectivity": ("selectivity", None, False)}
+
+
 def unit_scores(order: str, layer, statistics: dict) -> tuple[np.ndarray, bool]:
     """(score per ablation unit, whether larger goes first) of a base order."""
-    per_channel = {
-        "redundancy": (statistics.get("mean_abs_r"), True),
-        "selectivity": (statistics.get("selectivity"), False),
-        "weight_norm": (statistics.get("weight_norm"), False),
-        "activation": (statistics.get("channel_mean"), False),
-    }[order]
-    scores, descending = per_channel
-    if order == "activation" and layer.unit == "position" and layer.kind != "linear":
-        return statistics["element_mean"], False
-    if order == "weight_norm" and statistics.get("element_weight_norm") is not None and layer.unit == "position":
-        return statistics["element_weight_norm"], False
-    if scores is None:
+    coarse, fine, descending = _SCORES[order]
+    if fine is not None and layer.unit == "position" and layer.kind != "linear" \
+            and statistics.get(fine) is not None:
+        return np.asarray(statistics[fine], dtype=np.float64), descending
+    if statistics.get(coarse) is None:
         raise FuFastError(f"layer '{layer.name}': no statistics for the {order} order")
-    return per_ablation_unit(np.asarray(scores, dtype=np.float64), layer), descending
+    return per_ablation_unit(np.asarray(statistics[coarse], dtype=np.float64), layer), descending
 
 
 def per_ablation_unit(channel_scores: np.ndarray, layer) -> np.ndarray:
