@@ -307,6 +307,20 @@ def _row_layout(x: torch.Tensor) -> tuple[torch.Tensor, int, int, bool]:
     return src, channels, max(1, x[0].numel() // max(1, channels)), False
 
 
+def _expansion_output(x: torch.Tensor, copies: int, channels_last: bool, out: torch.Tensor | None) -> torch.Tensor:
+    """Where ``copies`` copies of x go: ``out`` if given (checked: the kernels write every element
+    of it by its shape and layout), else a new tensor; (copies * B, ...) in x's layout."""
+    shape = (copies * x.shape[0],) + tuple(x.shape[1:])
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    if out is None:
+        return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout)
+    if (tuple(out.shape) != shape or out.dtype != x.dtype or out.device != x.device
+            or not out.is_contiguous(memory_format=layout)):
+        raise FuFastError(f"out must be a {'channels_last' if channels_last else 'contiguous'} {x.dtype} tensor of "
+                          f"shape {shape} on {x.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")
+    return out
+
+
 def _mask_table(keys: list[int], thresholds: list[int], device: torch.device) -> torch.Tensor:
     """The kernels' masks on ``device``: the K keys (as signed int64) then the K thresholds, one
     int64 tensor. Keys and thresholds go to a GPU with the copy queued on the current stream; the
@@ -321,24 +335,25 @@ def _mask_table(keys: list[int], thresholds: list[int], device: torch.device) ->
 
 
 def expand_masked(x: torch.Tensor, keys: list[int], thresholds: list[int], inner: int, *,
-                  backend: str | None = None) -> torch.Tensor:
+                  backend: str | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """The K masked copies of a layer output x of shape (B, ...), stacked to (K*B, ...).
 
     Units are consecutive runs of ``inner`` elements of a row in NCHW order (inner = 1:
     every element is a unit; inner = H*W: whole channels are). Copy k zeroes the units
     whose rank under keys[k] is below thresholds[k]; no mask tensor is ever built. A
-    channels_last input gives a channels_last output with the same units ablated.
+    channels_last input gives a channels_last output with the same units ablated. ``out``, a
+    tensor of the output's shape and layout, receives the copies and is returned.
     """
     num_masks = len(keys)
     batch = x.shape[0]
     units = x[0].numel() // inner
     cuda = _entry_points(backend, x) if x.device.type == "cuda" else None
     if cuda is None and x.device.type != "cpu":
-        return reference.expand_masked(x, keys, thresholds, inner)
+        expanded = reference.expand_masked(x, keys, thresholds, inner)
+        return expanded if out is None else out.copy_(expanded)
     _dtype_code(x)
     src, channels, spatial, channels_last = _row_layout(x)
-    out = torch.empty((num_masks * batch,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device,
-                      memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    out = _expansion_output(x, num_masks, channels_last, out)
     masks = _mask_table(keys, thresholds, x.device)
     args = (src.data_ptr(), out.data_ptr(), batch, units, inner, channels, spatial, channels_last,
             x.element_size(), masks.data_ptr(), masks[num_masks:].data_ptr(), num_masks)
@@ -462,7 +477,7 @@ def _noise_table(keys: list[int], scales: list[float], device: torch.device) -> 
 
 
 def expand_noise(x: torch.Tensor, keys: list[int], scales: list[float], unit_std: torch.Tensor, inner: int,
-                 first_example: int, *, backend: str | None = None) -> torch.Tensor:
+                 first_example: int, *, backend: str | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """K noisy copies of a layer output x of shape (B, ...), stacked to (K*B, ...): copy k adds
     Gaussian noise of standard deviation scales[k] * unit_std[u] to every element of unit u.
 
@@ -473,17 +488,18 @@ def expand_noise(x: torch.Tensor, keys: list[int], scales: list[float], unit_std
     tensor of one standard deviation per unit on x's device. Computed in float64 and rounded to
     nearest in x's dtype. A copy of scale 0, and every element of a unit whose standard deviation is
     0, is x bit for bit. A channels_last input gives a channels_last output with the same noise.
+    ``out`` is as in expand_masked.
     """
     num_copies, batch = len(keys), x.shape[0]
     std = _noise_arguments("expand_noise", x, batch, keys, scales, unit_std, inner, first_example)
     units = x[0].numel() // inner
     cuda = _entry_points(backend, x) if x.device.type == "cuda" else None
     if cuda is None and x.device.type != "cpu":
-        return reference.expand_noise(x, keys, scales, std, inner, first_example)
+        expanded = reference.expand_noise(x, keys, scales, std, inner, first_example)
+        return expanded if out is None else out.copy_(expanded)
     code = _dtype_code(x)
     src, channels, spatial, channels_last = _row_layout(x)
-    out = torch.empty((num_copies * batch,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device,
-                      memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    out = _expansion_output(x, num_copies, channels_last, out)
     table = _noise_table(keys, scales, x.device)
     args = (src.data_ptr(), out.data_ptr(), batch, units, inner, channels, spatial, channels_last, code,
             table.data_ptr(), table[num_copies:].data_ptr(), std.data_ptr(), first_example, num_copies)

@@ -6,7 +6,7 @@ import torch
 
 import fu_fast
 from fu_fast import reference
-from fu_fast.analysis import masks
+from fu_fast.analysis import ablation, masks
 from fu_fast.analysis.pca import redundancy
 
 from conftest import mlp, small_cnn
@@ -76,6 +76,21 @@ def test_results_do_not_depend_on_batch_size():
         assert la.curves == lb.curves
         assert (la.samples, la.components) == (lb.samples, lb.components)
         np.testing.assert_allclose(la.explained_variance_ratio, lb.explained_variance_ratio, atol=1e-12)
+
+
+def test_the_expansion_buffer_is_one_allocation_in_the_layout_of_each_batch():
+    buffer = ablation.ExpansionBuffer()
+    big = buffer.copies_of(torch.zeros(5, 3, 4, 4), 6)
+    assert big.shape == (30, 3, 4, 4) and big.is_contiguous()
+    # A smaller batch (the last one) and a channels_last one reuse the same memory, in their layout.
+    small = buffer.copies_of(torch.zeros(2, 3, 4, 4), 6)
+    last = buffer.copies_of(torch.zeros(5, 3, 4, 4).to(memory_format=torch.channels_last), 6)
+    assert small.shape == (12, 3, 4, 4) and small.data_ptr() == big.data_ptr() == last.data_ptr()
+    assert last.shape == (30, 3, 4, 4) and not last.is_contiguous()
+    assert last.is_contiguous(memory_format=torch.channels_last)
+    # More copies, or another dtype, need a new allocation.
+    assert buffer.copies_of(torch.zeros(5, 3, 4, 4), 7).shape == (35, 3, 4, 4)
+    assert buffer.copies_of(torch.zeros(5, 3, dtype=torch.float64), 2).dtype == torch.float64
 
 
 def test_conv_units_and_uncapped_redundancy_equal_numpy_pca():

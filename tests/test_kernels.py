@@ -87,6 +87,32 @@ def test_expand_masked_keeps_channels_last_and_ablates_the_same_units(dtype, sha
     assert torch.equal(out, reference.expand_masked(x.contiguous(), keys, thresholds, inner))
 
 
+@pytest.mark.parametrize("shape,channels_last", [((5, 3, 4, 7), False), ((5, 3, 4, 7), True), ((6, 130), False)])
+def test_expand_into_out_writes_every_element_and_returns_it(shape, channels_last, generator):
+    x = torch.randn(shape, generator=generator)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    units = x[0].numel()
+    keys, thresholds = random_keys(3, seed=units), [0, units // 2, units]
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.full((3 * shape[0],) + shape[1:], float("nan")).to(memory_format=layout)   # stale contents show
+    assert kernels.expand_masked(x, keys, thresholds, 1, out=out) is out
+    assert torch.equal(out, kernels.expand_masked(x, keys, thresholds, 1))
+    unit_std, scales = torch.rand(units, dtype=torch.float64, generator=generator), [0.0, 0.5, 2.0]
+    out.fill_(float("nan"))
+    assert kernels.expand_noise(x, keys, scales, unit_std, 1, 7, out=out) is out
+    assert torch.equal(out, kernels.expand_noise(x, keys, scales, unit_std, 1, 7))
+
+
+def test_expand_refuses_an_out_of_another_shape_dtype_or_layout(generator):
+    x = torch.randn(4, 3, 5, 5, generator=generator)
+    keys, thresholds = random_keys(2, seed=1), [1, 2]
+    for bad in (torch.empty(7, 3, 5, 5), torch.empty(8, 3, 5, 5, dtype=torch.float64),
+                torch.empty(8, 3, 5, 5).to(memory_format=torch.channels_last)):
+        with pytest.raises(FuFastError, match="^out must be a contiguous torch.float32 tensor of shape"):
+            kernels.expand_masked(x, keys, thresholds, 1, out=bad)
+
+
 BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}   # element size -> integer type of its bits
 
 
@@ -245,7 +271,10 @@ def _accumulate(batches, channels):
                                                   ((4, 13, 3, 3), True),
                                                   # large enough for the multi-threaded paths
                                                   ((40, 37, 8, 8), False), ((40, 37, 8, 8), True),
-                                                  ((3000, 65), False)])
+                                                  ((3000, 65), False),
+                                                  # whole panels of 8 units, several blocks of 256 samples
+                                                  ((700, 128), False), ((9, 16, 8, 8), False),
+                                                  ((9, 16, 8, 8), True)])
 def test_covariance_accumulate_matches_numpy(dtype, shape, channels_last, generator):
     channels = shape[1]
     spatial = shape[2] * shape[3] if len(shape) == 4 else 1

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <vector>
 
 #include "covariance.h"
@@ -5,41 +6,106 @@
 namespace fu_fast {
 namespace {
 
-constexpr int64_t kTile = 4;   // output tile edge of the cross-product micro-kernel
-constexpr int64_t kLanes = 4;  // independent partial sums per output, for SIMD
+// The batch's centred samples are packed in panels of kPanel units: panel p holds, sample
+// after sample, the kPanel values of units p*kPanel ... p*kPanel+kPanel-1 (zero for the units
+// past C). A block of the co-moment is then a sum of outer products of two contiguous
+// kPanel-vectors per sample: the register-blocked form of a matrix product, which runs at
+// the float64 rate of the core instead of the cache's.
+constexpr int64_t kPanel = 8;    // one 512-bit (or two 256-bit) vectors of doubles
+constexpr int64_t kDepth = 256;  // samples per cache block: a panel's block is 16 KiB, L1-sized
 
-// Upper triangle of X X^T for X = [rows_padded, samples] row-major (rows_padded a
-// multiple of kTile), written to out[rows * rows] (only i <= j within real rows).
-// Each output keeps kLanes partial sums so the inner loop vectorises without
-// reassociating a single floating-point reduction.
+typedef double Vec __attribute__((vector_size(kPanel * sizeof(double))));
+
+// acc[i] += a[t][i] * b[t][:] for t < depth (a and b panels of kPanel values per sample).
+// The eight accumulators and the loaded b vector stay in registers; each output is one
+// running sum in sample order (no reassociation across samples).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-__attribute__((target_clones("arch=haswell", "default")))
+__attribute__((target_clones("arch=x86-64-v4", "arch=haswell", "default")))
 #endif
-void cross_products(const double* x, int64_t rows, int64_t samples, double* out) {
-  const int64_t blocks = (rows + kTile - 1) / kTile;
-  const int64_t whole = samples - samples % kLanes;
-#pragma omp parallel for schedule(dynamic, 1) if (rows * rows * samples > (1 << 20))
-  for (int64_t ib = 0; ib < blocks; ++ib) {
-    for (int64_t jb = ib; jb < blocks; ++jb) {
-      double acc[kTile][kTile][kLanes] = {};
-      const double* a = x + ib * kTile * samples;
-      const double* b = x + jb * kTile * samples;
-      for (int64_t t = 0; t < whole; t += kLanes) {
-        for (int64_t i = 0; i < kTile; ++i)
-          for (int64_t j = 0; j < kTile; ++j)
-            for (int64_t l = 0; l < kLanes; ++l)
-              acc[i][j][l] += a[i * samples + t + l] * b[j * samples + t + l];
-      }
-      for (int64_t i = 0; i < kTile; ++i) {
-        for (int64_t j = 0; j < kTile; ++j) {
-          double sum = 0.0;
-          for (int64_t l = 0; l < kLanes; ++l) sum += acc[i][j][l];
-          for (int64_t t = whole; t < samples; ++t) sum += a[i * samples + t] * b[j * samples + t];
-          const int64_t row = ib * kTile + i, col = jb * kTile + j;
-          if (row < rows && col < rows && row <= col) out[row * rows + col] = sum;
+void outer_product_block(const double* a, const double* b, int64_t depth, double* out) {
+  Vec acc[kPanel];
+  for (int64_t i = 0; i < kPanel; ++i) memcpy(&acc[i], out + i * kPanel, sizeof(Vec));
+  for (int64_t t = 0; t < depth; ++t) {
+    Vec bt;
+    memcpy(&bt, b + t * kPanel, sizeof(Vec));
+    for (int64_t i = 0; i < kPanel; ++i) acc[i] += a[t * kPanel + i] * bt;
+  }
+  for (int64_t i = 0; i < kPanel; ++i) memcpy(out + i * kPanel, &acc[i], sizeof(Vec));
+}
+
+// Adds the packed samples' co-moment, plus weight * delta delta^T (Chan et al.'s correction
+// for the moved mean), to the symmetric state[C * C]: each pair of panels is one block of
+// outer products, computed once for the upper triangle and mirrored.
+void add_cross_products(const double* panels, int64_t channels, int64_t samples, const double* delta,
+                        double weight, double* state) {
+  const int64_t count = (channels + kPanel - 1) / kPanel;
+#pragma omp parallel for schedule(dynamic, 1) if (channels * channels * samples > (1 << 20))
+  for (int64_t ip = 0; ip < count; ++ip) {
+    std::vector<double> blocks((count - ip) * kPanel * kPanel, 0.0);
+    for (int64_t t0 = 0; t0 < samples; t0 += kDepth) {
+      const int64_t depth = std::min(kDepth, samples - t0);
+      const double* a = panels + (ip * samples + t0) * kPanel;
+      for (int64_t jp = ip; jp < count; ++jp)
+        outer_product_block(a, panels + (jp * samples + t0) * kPanel, depth,
+                            blocks.data() + (jp - ip) * kPanel * kPanel);
+    }
+    // Block by block, so that the mirrored writes of a block fill whole cache lines.
+    const int64_t rows = std::min(kPanel, channels - ip * kPanel);
+    for (int64_t jp = ip; jp < count; ++jp) {
+      const double* block = blocks.data() + (jp - ip) * kPanel * kPanel;
+      const int64_t cols = std::min(kPanel, channels - jp * kPanel);
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t row = ip * kPanel + i;
+        for (int64_t j = jp == ip ? i : 0; j < cols; ++j) {
+          const int64_t col = jp * kPanel + j;
+          state[row * channels + col] += block[i * kPanel + j] + delta[row] * delta[col] * weight;
         }
       }
+      for (int64_t j = 0; j < cols; ++j) {
+        const int64_t col = jp * kPanel + j;
+        for (int64_t i = 0; i < (jp == ip ? j : rows); ++i)
+          state[col * channels + ip * kPanel + i] = state[(ip * kPanel + i) * channels + col];
+      }
     }
+  }
+}
+
+// Gathers the sampled rows into panels (see kPanel) and centres each unit by its batch mean,
+// in float64: centring before the products keeps the co-moment accurate for activations with
+// a large offset. The gather follows the memory: unit by unit where a unit's values are
+// contiguous (NCHW), sample by sample where a sample's are ((B, C) and channels_last).
+template <DType kDType>
+void pack_centred(ActivationView act, const int64_t* offsets, int64_t samples, double* panels,
+                  double* batch_mean) {
+  const int64_t channels = act.channels, count = (channels + kPanel - 1) / kPanel;
+  const bool parallel = channels * samples > (1 << 16);
+  if (act.stride_channel > act.stride_spatial && act.spatial > 1) {
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t c = 0; c < channels; ++c) {
+      double* panel = panels + (c / kPanel) * samples * kPanel + c % kPanel;
+      for (int64_t t = 0; t < samples; ++t)
+        panel[t * kPanel] = load_as_double(act.data, kDType, offsets[t] + c * act.stride_channel);
+    }
+  } else {
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t t = 0; t < samples; ++t)
+      for (int64_t c = 0; c < channels; ++c)
+        panels[((c / kPanel) * samples + t) * kPanel + c % kPanel] =
+            load_as_double(act.data, kDType, offsets[t] + c * act.stride_channel);
+  }
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t p = 0; p < count; ++p) {
+    double* panel = panels + p * samples * kPanel;
+    const int64_t units = std::min(kPanel, channels - p * kPanel);
+    double sums[kPanel] = {};
+    for (int64_t t = 0; t < samples; ++t)
+      for (int64_t k = 0; k < units; ++k) sums[k] += panel[t * kPanel + k];
+    double means[kPanel] = {};
+    for (int64_t k = 0; k < units; ++k) means[k] = sums[k] / static_cast<double>(samples);
+    // Units past C (the last panel's padding) are zero and stay zero.
+    for (int64_t t = 0; t < samples; ++t)
+      for (int64_t k = 0; k < kPanel; ++k) panel[t * kPanel + k] = k < units ? panel[t * kPanel + k] - means[k] : 0.0;
+    for (int64_t k = 0; k < units; ++k) batch_mean[p * kPanel + k] = means[k];
   }
 }
 
@@ -49,45 +115,25 @@ void covariance_accumulate_cpu(ActivationView act, const int64_t* rows, int64_t 
                                MomentState state) {
   if (num_rows <= 0) return;
   const int64_t channels = act.channels;
-  const int64_t padded = (channels + kTile - 1) / kTile * kTile;
+  const int64_t count = (channels + kPanel - 1) / kPanel;
 
-  // Gather the sampled rows transposed (one contiguous sample vector per unit), centre
-  // each unit by its batch mean: two passes in float64 keep the co-moment accurate even
-  // for activations with a large offset.
-  std::vector<double> centred(padded * num_rows, 0.0);
-  std::vector<double> batch_mean(channels, 0.0);
-#pragma omp parallel for schedule(static) if (channels * num_rows > (1 << 16))
-  for (int64_t c = 0; c < channels; ++c) {
-    double* column = centred.data() + c * num_rows;
-    double sum = 0.0;
-    for (int64_t i = 0; i < num_rows; ++i) {
-      const int64_t b = rows[i] / act.spatial, s = rows[i] % act.spatial;
-      column[i] = load_as_double(act.data, act.dtype,
-                                 b * act.stride_batch + c * act.stride_channel + s * act.stride_spatial);
-      sum += column[i];
-    }
-    const double mean = sum / static_cast<double>(num_rows);
-    for (int64_t i = 0; i < num_rows; ++i) column[i] -= mean;
-    batch_mean[c] = mean;
+  std::vector<int64_t> offsets(num_rows);
+  for (int64_t t = 0; t < num_rows; ++t)
+    offsets[t] = rows[t] / act.spatial * act.stride_batch + rows[t] % act.spatial * act.stride_spatial;
+  std::vector<double> panels(count * num_rows * kPanel);
+  std::vector<double> batch_mean(channels);
+  switch (act.dtype) {
+    case DType::Float32: pack_centred<DType::Float32>(act, offsets.data(), num_rows, panels.data(), batch_mean.data()); break;
+    case DType::Float64: pack_centred<DType::Float64>(act, offsets.data(), num_rows, panels.data(), batch_mean.data()); break;
+    case DType::BFloat16: pack_centred<DType::BFloat16>(act, offsets.data(), num_rows, panels.data(), batch_mean.data()); break;
+    case DType::Float16: pack_centred<DType::Float16>(act, offsets.data(), num_rows, panels.data(), batch_mean.data()); break;
   }
-
-  std::vector<double> batch_comoment(channels * channels, 0.0);
-  cross_products(centred.data(), channels, num_rows, batch_comoment.data());
 
   // Chan et al.: merge (n_a, mean_a, M2_a) with (n_b, mean_b, M2_b).
   const double n_a = *state.count, n_b = static_cast<double>(num_rows), n = n_a + n_b;
-  const double weight = n_a * n_b / n;
   std::vector<double> delta(channels);
   for (int64_t c = 0; c < channels; ++c) delta[c] = batch_mean[c] - state.mean[c];
-#pragma omp parallel for schedule(static) if (channels * channels > (1 << 16))
-  for (int64_t i = 0; i < channels; ++i) {
-    for (int64_t j = i; j < channels; ++j) {
-      const double value = state.comoment[i * channels + j] + batch_comoment[i * channels + j] +
-                           delta[i] * delta[j] * weight;
-      state.comoment[i * channels + j] = value;
-      state.comoment[j * channels + i] = value;
-    }
-  }
+  add_cross_products(panels.data(), channels, num_rows, delta.data(), n_a * n_b / n, state.comoment);
   for (int64_t c = 0; c < channels; ++c) state.mean[c] += delta[c] * (n_b / n);
   *state.count = n;
 }

@@ -34,9 +34,10 @@ class Masks:
     def __len__(self) -> int:
         return len(self.thresholds)
 
-    def expand(self, view: torch.Tensor, inner: int) -> torch.Tensor:
+    def expand(self, view: torch.Tensor, inner: int, buffer: ExpansionBuffer | None = None) -> torch.Tensor:
         if self.ranks is None:
-            return kernels.expand_masked(view, self.keys, self.thresholds, inner)
+            out = None if buffer is None else buffer.copies_of(view, len(self))
+            return kernels.expand_masked(view, self.keys, self.thresholds, inner, out=out)
         return kernels.expand_ranked(view, self.ranks, self.thresholds, inner)
 
     def mask(self, view: torch.Tensor, inner: int) -> torch.Tensor:
@@ -45,13 +46,38 @@ class Masks:
         return kernels.mask_rows_ranked(view, self.ranks, self.thresholds, inner)
 
 
-def _masked_output(layer: Layer, masks: Masks, rows: int):
-    """The hook on the layer: expand its output of ``rows`` rows into the masked copies, or mask
-    the K copies that arrive (copies made earlier, K*rows rows)."""
+class ExpansionBuffer:
+    """One allocation that receives the copies of every batch of an analysis. On the CPU a fresh
+    tensor of tens of megabytes per batch comes from the system each time (the C allocator maps
+    blocks that large and unmaps them when freed), and its page faults cost more than writing
+    the copies; reusing one tensor pays them once. The copies of one pass are used up before
+    the next pass begins, so each pass may overwrite the last one's."""
+
+    def __init__(self):
+        self._storage: torch.Tensor | None = None
+
+    def copies_of(self, x: torch.Tensor, copies: int) -> torch.Tensor:
+        """A (copies * B, ...) tensor in x's layout (channels_last for a channels_last 4-d x, as the
+        kernels write it), a view of the buffer, which grows when it must."""
+        numel = copies * x.numel()
+        storage = self._storage
+        if storage is None or storage.numel() < numel or storage.dtype != x.dtype or storage.device != x.device:
+            self._storage = None   # released before the larger one is made
+            storage = self._storage = torch.empty(numel, dtype=x.dtype, device=x.device)
+        shape = (copies * x.shape[0],) + tuple(x.shape[1:])
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            n, c, h, w = shape
+            return storage[:numel].view(n, h, w, c).permute(0, 3, 1, 2)
+        return storage[:numel].view(shape)
+
+
+def _masked_output(layer: Layer, masks: Masks, rows: int, buffer: ExpansionBuffer | None):
+    """The hook on the layer: expand its output of ``rows`` rows into the masked copies (into
+    ``buffer`` when given), or mask the K copies that arrive (copies made earlier, K*rows rows)."""
     def hook(_module, inputs, output):
         view, inner = layer.masked_view(output)
         if output.shape[0] == rows:
-            return layer.from_masked_view(masks.expand(view, inner))
+            return layer.from_masked_view(masks.expand(view, inner, buffer))
         if any(isinstance(i, torch.Tensor) and _shares_memory(i, output) for i in inputs):
             # An output that is its input (an in-place activation, Identity, Dropout in eval) may
             # also feed a skip connection: mask a copy, never the tensor the other path reads.
@@ -82,13 +108,13 @@ def _first_copy(copies: int, rows: int):
 
 
 def masked_forward(forward: Callable[[torch.Tensor], torch.Tensor], layer: Layer, inputs: torch.Tensor,
-                   masks: Masks, hooks: Iterable = ()) -> torch.Tensor:
+                   masks: Masks, hooks: Iterable = (), buffer: ExpansionBuffer | None = None) -> torch.Tensor:
     """The logits of len(masks) masked copies of the batch (K*B rows, copy k masked by mask k at
     the layer), by one forward (a function from inputs to logits); ``hooks`` are other (module,
-    hook) pairs held during that forward."""
+    hook) pairs held during that forward; ``buffer`` receives the copies made at the layer."""
     rows = inputs.shape[0]
     copies = len(masks)
-    hooks = [layer.hook(_masked_output(layer, masks, rows)), *hooks]
+    hooks = [layer.hook(_masked_output(layer, masks, rows, buffer)), *hooks]
     pre_hooks = []
     start = layer.copies_from
     if start is not None:

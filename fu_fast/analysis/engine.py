@@ -35,9 +35,10 @@ from .settings import DEFAULTS, AnalysisSettings
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 DEFAULT_CPU_BUDGET = 1 << 30   # bytes for one chunk of masked passes on the CPU
-# The CPU's default batch: rows whose expanded pass takes about 32 MiB, at least 16 (measured
-# fastest on both cases of benchmarks/bench_cpu.py: 250 rows for the MLP, 16 for the AlexNet).
-CPU_PASS_BYTES, CPU_MIN_ROWS = 32 << 20, 16
+# The CPU's default batch: rows whose expanded pass takes about 64 MiB, at least 16 (measured
+# fastest on both cases of benchmarks/bench_cpu.py: about 250 rows for the MLP, 16 for the AlexNet;
+# larger passes lose more to the first touch of the copies' buffer than they save per batch).
+CPU_PASS_BYTES, CPU_MIN_ROWS = 64 << 20, 16
 # Examples of the first batch on which the layers are found and checked (shapes, cut points, where
 # the copies of a layer begin): a few forwards per layer, so few rows; the checks compare the model
 # on two different inputs, which a handful of examples makes as well as many.
@@ -255,8 +256,8 @@ def _one_pass(model, batches, layer_names, settings: AnalysisSettings, device, d
     forward = forward_to_logits(model, logits)
     if device.type == "cpu":
         # Rows for expanded passes of about CPU_PASS_BYTES: per-batch overheads are small, and the
-        # allocator hands the same pages back batch after batch (writing a fresh 100 MB buffer costs
-        # more in page faults than in copying). No result depends on the batch size.
+        # copies' buffer (ablation.ExpansionBuffer) is small enough for its first touch to stay
+        # cheap. No result depends on the batch size.
         per_row = max(p.layer.suffix_bytes_per_row * (p.plan.num_masks + 1) for p in passes)
         batches.resize(max(CPU_MIN_ROWS, CPU_PASS_BYTES // max(1, per_row)))
     if first_pass:
@@ -296,20 +297,22 @@ def _ablation_pass(forward, batches, passes: list[LayerPass], device, dtype, cha
     output_finite = torch.ones((), dtype=torch.bool, device=device)
     lead = min(passes, key=lambda p: p.layer.position)   # computed first in a forward pass
     first = batches.offset                                # global index of the batch's first example
+    buffer = ablation.ExpansionBuffer()
     for x, labels in _device_batches(batches, device, dtype, channels_last):
         rows = x.shape[0]
         base = None
         for layer_pass in [lead] + [p for p in passes if p is not lead]:
             for chunk in layer_pass.chunks(rows, budget, first):
                 if base is None:   # the first chunk is the lead's random masks: keyed
-                    base, counted, finite, classes = _lead_pass(forward, x, passes, lead, chunk, first, token_mask)
+                    base, counted, finite, classes = _lead_pass(forward, x, passes, lead, chunk, first, token_mask,
+                                                                buffer)
                     output_finite &= finite
                     predictions += counted
                     if labels is not None:
                         correct += _correct(base, labels)
                     _add_classes(passes, base, labels, rows, classes)
                     continue
-                _masked_pass(forward, x, base, layer_pass.layer, chunk)
+                _masked_pass(forward, x, base, layer_pass.layer, chunk, buffer)
         first += rows
         if progress is not None:
             progress(first - batches.offset, batches.stop - batches.offset)
@@ -415,7 +418,8 @@ def _plan(model, batches, layer_names, settings: AnalysisSettings, device, dtype
 
 
 def _lead_pass(forward, x, passes: list[LayerPass], lead: LayerPass, chunk, first_example: int,
-               token_mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+               token_mask, buffer: ablation.ExpansionBuffer | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """The pass of the first computed layer, with the base forward folded in: its first copy is
     the unmasked batch (a mask of threshold 0 ablates nothing), so the part before the copies
     runs once for both and the base labels come out of the same pass; every layer's hook feeds
@@ -428,7 +432,8 @@ def _lead_pass(forward, x, passes: list[LayerPass], lead: LayerPass, chunk, firs
 
     with _layer_errors(lead.layer.name):
         logits = _predictions(ablation.masked_forward(forward, lead.layer, x, with_base,
-                                                      [p.layer.hook(_feeder(p, first_example, rows)) for p in passes]),
+                                                      [p.layer.hook(_feeder(p, first_example, rows)) for p in passes],
+                                                      buffer),
                               len(with_base), rows)
         tokens = logits.shape[0] // (len(with_base) * rows)
         base = logits[:rows * tokens].argmax(dim=1)
@@ -441,12 +446,14 @@ def _lead_pass(forward, x, passes: list[LayerPass], lead: LayerPass, chunk, firs
     return base, counted, torch.isfinite(logits[:rows * tokens]).all(), logits.shape[1]
 
 
-def _masked_pass(forward, x, base: torch.Tensor, layer: layer_lib.Layer, chunk) -> None:
+def _masked_pass(forward, x, base: torch.Tensor, layer: layer_lib.Layer, chunk,
+                 buffer: ablation.ExpansionBuffer | None = None) -> None:
     """One forward with the layer's output replaced by a chunk's masked copies; their agreement
     counts are added where the chunk says."""
     chunk_masks, counts, index = chunk
     with _layer_errors(layer.name):
-        logits = _predictions(ablation.masked_forward(forward, layer, x, chunk_masks), len(chunk_masks), x.shape[0])
+        logits = _predictions(ablation.masked_forward(forward, layer, x, chunk_masks, buffer=buffer),
+                              len(chunk_masks), x.shape[0])
         counts.index_add_(0, index, kernels.label_agreement(logits, base, len(chunk_masks)))
 
 

@@ -19,6 +19,7 @@ import torch
 
 from .. import kernels
 from ..errors import FuFastError
+from .ablation import ExpansionBuffer
 
 
 def noise_key(seed: int, layer: str, repeat: int, level: int) -> int:
@@ -54,8 +55,9 @@ class NoiseCopies:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def expand(self, view: torch.Tensor, inner: int) -> torch.Tensor:
-        return kernels.expand_noise(view, self.keys, self.scales, self.unit_std, inner, self.first_example)
+    def expand(self, view: torch.Tensor, inner: int, buffer: ExpansionBuffer | None = None) -> torch.Tensor:
+        out = None if buffer is None else buffer.copies_of(view, len(self))
+        return kernels.expand_noise(view, self.keys, self.scales, self.unit_std, inner, self.first_example, out=out)
 
     def mask(self, view: torch.Tensor, inner: int) -> torch.Tensor:
         return kernels.noise_rows(view, self.keys, self.scales, self.unit_std, inner, self.first_example)

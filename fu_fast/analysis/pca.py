@@ -77,9 +77,11 @@ def correlation(covariance: np.ndarray) -> Correlation:
     live = np.flatnonzero(std > 0.0)
     if len(live) < 2:
         return Correlation(None, None)
-    sub = np.abs(covariance[np.ix_(live, live)] / np.outer(std[live], std[live]))
+    if len(live) < len(std):
+        covariance, std = covariance[np.ix_(live, live)], std[live]
+    sub = np.abs(covariance / np.outer(std, std))
     np.clip(sub, 0.0, 1.0, out=sub)
-    upper = sub[np.triu_indices(len(live), k=1)]
+    upper = sub[np.triu(np.ones(sub.shape, dtype=bool), k=1)]   # row by row, as triu_indices orders them
     values = np.quantile(upper, QUANTILES)
     histogram = np.histogram(upper, bins=HISTOGRAM_BINS, range=(0.0, 1.0))[0]
     np.fill_diagonal(sub, 0.0)
