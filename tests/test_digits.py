@@ -227,14 +227,104 @@ repeats = 2
 """
 
 
-def test_the_preset_is_the_mlp_width_series_on_digits():
+def test_the_preset_is_an_mlp_and_a_small_cnn_width_series_on_digits():
     from fu_fast.sweep import load_config
 
     config = load_config(preset="mlp-digits")
     members = config.members()
-    assert len(members) == 5 * 3 and {m.width for m in members} == {0.25, 0.5, 1.0, 2.0, 4.0}
-    resolved = config.train_config(members[0], None, None).resolve()
-    assert (resolved.data, resolved.model_options["input_dim"], resolved.epochs) == ("digits", 64, 50)
+    mlp = [m for m in members if m.model == "mlp"]
+    cnn = [m for m in members if m.model == "alexnet"]
+    assert len(members) == len(mlp) + len(cnn) == 5 * 3 + 4 * 3
+    assert sorted({m.width for m in mlp}) == [0.25, 0.5, 1.0, 2.0, 4.0]
+    assert sorted({m.width for m in cnn}) == [0.0625, 0.125, 0.25, 0.5]
+    assert (config.reference_width_of("mlp"), config.reference_width_of("alexnet")) == (4.0, 0.5)
+    assert {m.series for m in members} == {"mlp/default", "alexnet/default"}
+    # The MLP trains with its defaults, as before the CNN joined: the same members, the same run.json.
+    resolved = config.train_config(mlp[0], None, None).resolve()
+    assert (resolved.data, resolved.input_dim, resolved.model_options["input_dim"]) == ("digits", 64, 64)
+    assert (resolved.optimizer, resolved.lr, resolved.batch_size, resolved.epochs) == ("sgd_momentum", 0.05, 32, 50)
+    # The CNN reads 1x8x8 images, with AlexNet's defaults but 15 epochs of batch 32.
+    resolved = config.train_config(cnn[0], None, None).resolve()
+    assert (resolved.data, resolved.input_dim, resolved.epochs, resolved.batch_size) == ("digits", None, 15, 32)
+    assert (resolved.lr, resolved.schedule, resolved.patience) == (0.01, "exp:0.95", 10)
+    options = resolved.model_options
+    assert (options["input_size"], options["in_channels"], options["num_classes"]) == (8, 1, 10)
+
+
+def test_the_presets_mlp_members_are_those_it_had_before_the_cnn_joined(tmp_path):
+    """A sweep directory of the MLP-only preset is reused: same member folders, same training settings."""
+    from fu_fast.sweep import load_config
+
+    before = tmp_path / "mlp-digits.toml"
+    before.write_text('models = ["mlp"]\nwidths = [0.25, 0.5, 1, 2, 4]\ntrials = 3\n'
+                      '[train]\ndata = "digits"\ninput_dim = 64\n')
+    old, new = load_config(before), load_config(preset="mlp-digits")
+    now = {m.dir: new.train_config(m, None, None).resolve() for m in new.members() if m.model == "mlp"}
+    assert {m.dir: old.train_config(m, None, None).resolve() for m in old.members()} == now
+
+
+MIXED_DIGITS_SWEEP = """
+name = "digits-mixed"
+models = ["mlp", "alexnet"]
+widths = [0.25, 0.5]
+trials = 1
+
+[train]
+data = "digits"
+epochs = 2
+
+[model.mlp]
+input_dim = 64
+
+[model.alexnet]
+widths = [0.0625, 0.125]
+reference_width = 0.125
+epochs = 1
+
+[analyze]
+repeats = 1
+levels = 3
+limit = 100
+"""
+
+
+def test_each_model_is_trained_and_normalised_by_its_own_settings(tmp_path, sklearn):
+    """[model.alexnet]: its widths, its epochs, its reference width; the MLP, without a member at the
+    sweep's reference width (4x), is reported in unit counts, as a series without its reference is."""
+    config = tmp_path / "digits.toml"
+    config.write_text(MIXED_DIGITS_SWEEP)
+    out = tmp_path / "sweep"
+    result = invoke("sweep", config, "--out", out, "-q")
+    assert result.exit_code == 0, result.output
+    epochs = {folder: len(json.loads((out / folder / "run.json").read_text())["epochs"])
+              for folder in ("mlp/default/w0.25/t0", "alexnet/default/w0.0625/t0")}
+    assert epochs == {"mlp/default/w0.25/t0": 2, "alexnet/default/w0.0625/t0": 1}
+    thin, reference = (json.loads((out / f"alexnet/default/w{w}/t0/analysis.json").read_text())
+                       for w in ("0.0625", "0.125"))
+    for layer, reference_layer in zip(thin["layers"], reference["layers"]):
+        assert layer["reference_units"] == reference_layer["units"] > layer["units"]
+    mlp = json.loads((out / "mlp/default/w0.5/t0/analysis.json").read_text())
+    assert all(layer["reference_units"] is None for layer in mlp["layers"])
+    record = json.loads((out / "sweep.json").read_text())
+    assert record["config"]["model"]["alexnet"]["reference_width"] == 0.125
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert {s["series"]: (s["normalized"], s["reference_width"]) for s in report["series"]} == {
+        "mlp/default": (False, 4.0), "alexnet/default": (True, 0.125)}
+    summary = (out / "report" / "summary.md").read_text()
+    assert "Values normalised by the same layer of the series' 0.125x member" in summary
+    assert "**Not normalised**: the series has no 4x member" in summary
+    ax = _figure_axes(out, "prunability")
+    assert ax.get_ylabel() == "prunability (÷ 0.125x units; [units]: not normalised)"
+    assert {"mlp [units]", "alexnet"} <= {t.get_text().split(",")[0] for t in ax.get_legend().get_texts()}
+
+
+def _figure_axes(sweep_dir, name):
+    """The axes of the report's figure ``name`` of the sweep in ``sweep_dir``."""
+    from fu_fast.report import summarize
+    from fu_fast.report.figures import FIGURES
+    from fu_fast.report.tables import load_sweep
+
+    return FIGURES[name](load_sweep(sweep_dir), summarize(sweep_dir)).axes[0]
 
 
 def test_a_small_digits_sweep_runs_end_to_end(tmp_path, sklearn):
@@ -255,10 +345,15 @@ def test_the_mlp_digits_preset_end_to_end(tmp_path, sklearn):
     result = invoke("sweep", "--preset", "mlp-digits", "--out", out, "-q")
     assert result.exit_code == 0, result.output
     summary = (out / "report" / "summary.md").read_text()
-    assert "Members reported: 15 done, 0 pending." in summary
-    rows = [line.split("|") for line in summary.splitlines() if line.startswith("| 1 | 3 |")]
-    accuracy = float(rows[0][4].split("±")[0])
-    assert accuracy > 0.95, summary
+    assert "Members reported: 27 done, 0 pending." in summary
+    report = json.loads((out / "report" / "report.json").read_text())
+    accuracy = {(s["model"], row["width"]): row["accuracy"]["mean"] for s in report["series"] for row in s["rows"]}
+    assert all(accuracy["mlp", width] > 0.95 for width in (0.25, 0.5, 1.0, 2.0, 4.0)), accuracy
+    assert all(accuracy["alexnet", width] > 0.9 for width in (0.0625, 0.125, 0.25, 0.5)), accuracy
+    assert all(s["normalized"] for s in report["series"])   # each by its own reference width
+    ax = _figure_axes(out, "redundancy")
+    assert ax.get_ylabel() == "redundancy (÷ units of the reference (0.5x, 4x) layer)"
+    assert {"mlp (÷ 4x)", "alexnet (÷ 0.5x)"} <= {t.get_text().split(",")[0] for t in ax.get_legend().get_texts()}
 
 
 def test_a_training_configuration_on_digits_builds_a_model_that_reads_them():

@@ -42,6 +42,64 @@ levels = 3
 """
 MLP = 'models = ["mlp"]\n'
 ALEXNET = 'models = ["alexnet"]\n'
+BOTH = 'models = ["mlp", "alexnet"]\n'
+
+# [model.NAME] tables: one model's own widths, reference_width and training settings.
+BAD_MODEL_TABLES = [
+    ("model not a table", MLP + 'model = "alexnet"\n', "model must hold one table per model ([model.NAME]), got"),
+    ("model entry not a table", MLP + "model = {mlp = 3}\n", "model must hold one table per model"),
+    ("table of a model not swept", MLP + "[model.alexnet]\nepochs = 2\n",
+     "[model.alexnet]: 'alexnet' is not one of the sweep's models (mlp)"),
+    ("table of an unknown model", MLP + "[model.vgg]\nepochs = 2\n",
+     "[model.vgg]: 'vgg' is not one of the sweep's models"),
+    ("unknown model table key", MLP + "[model.mlp]\ntrials = 2\n",
+     "unknown setting 'trials' in [model.mlp]; known: widths, reference_width and the training settings"),
+    ("model widths not a list", MLP + "[model.mlp]\nwidths = 1\n",
+     "[model.mlp] widths must be a non-empty list, got 1"),
+    ("model widths empty", MLP + "[model.mlp]\nwidths = []\n", "[model.mlp] widths must be a non-empty list"),
+    ("model width zero", MLP + "[model.mlp]\nwidths = [0]\n", "[model.mlp] widths must be positive numbers, got [0]"),
+    ("model width text", MLP + '[model.mlp]\nwidths = ["1"]\n', "[model.mlp] widths must be positive numbers"),
+    ("model width without units", MLP + "[model.mlp]\nwidths = [0.001]\n", "width 0.001 leaves a layer of 128 units"),
+    ("model width repeated", MLP + "[model.mlp]\nwidths = [1, 1.0]\n", "member mlp/default/w1/t0 comes twice"),
+    ("model reference width zero", MLP + "[model.mlp]\nreference_width = 0\n",
+     "[model.mlp] reference_width must be a positive number, got 0"),
+    ("model reference width boolean", MLP + "[model.mlp]\nreference_width = true\n",
+     "[model.mlp] reference_width must be a positive number, got True"),
+    ("model reference width not its width", MLP + "[model.mlp]\nwidths = [1, 2]\nreference_width = 4\n",
+     "[model.mlp] reference_width 4 is not one of the widths of [model.mlp] ([1, 2])"),
+    ("sweep reference width not a model's width",
+     BOTH + "widths = [1, 4]\nreference_width = 4\n[model.alexnet]\nwidths = [0.25]\n",
+     "reference_width 4 is not one of the widths of [model.alexnet] ([0.25])"),
+    ("model reference width not a sweep width", BOTH + "widths = [1, 2]\n[model.mlp]\nreference_width = 4\n",
+     "[model.mlp] reference_width 4 is not one of the widths ([1, 2])"),
+    ("model text lr", MLP + '[model.mlp]\nlr = "fast"\n', "[model.mlp] lr must be a finite number, got 'fast'"),
+    ("model zero batch", MLP + "[model.mlp]\nbatch_size = 0\n", "[model.mlp] batch_size must be at least 1, got 0"),
+    ("model boolean epochs", MLP + "[model.mlp]\nepochs = true\n", "[model.mlp] epochs must be an integer, got True"),
+    ("model unknown optimizer", MLP + '[model.mlp]\noptimizer = "lbfgs"\n', "unknown optimizer 'lbfgs'"),
+    ("model option the model refuses", BOTH + "[model.mlp]\ninput_size = 8\n", "unknown option input_size for mlp"),
+    # Settings that change nothing: the sweep's own, overridden, or ignored by the model's members
+    ("model widths are the sweep's", MLP + "widths = [1, 2]\n[model.mlp]\nwidths = [1.0, 2]\n",
+     "[model.mlp] widths changes nothing: it equals the sweep's ([1.0, 2]); leave it out"),
+    ("model reference width is the sweep's", MLP + "widths = [1, 4]\n[model.mlp]\nreference_width = 4\n",
+     "[model.mlp] reference_width changes nothing: it equals the sweep's (4)"),
+    ("sweep widths every model overrides", MLP + "widths = [1]\n[model.mlp]\nwidths = [2]\n",
+     "widths changes nothing: every model has its own ([model.NAME] widths); leave it out"),
+    ("sweep reference width every model overrides",
+     MLP + "widths = [1, 2]\nreference_width = 1\n[model.mlp]\nreference_width = 2\n",
+     "reference_width changes nothing: every model has its own"),
+    ("model setting is [train]'s", MLP + "[train]\nepochs = 3\n[model.mlp]\nepochs = 3\n",
+     "[model.mlp] epochs changes nothing: [train] gives it the same value (3); leave it out"),
+    ("train setting every model overrides", MLP + "[train]\nepochs = 3\n[model.mlp]\nepochs = 2\n",
+     "[train] epochs changes nothing for any member ([model.mlp] sets its own): leave it out"),
+    ("model setting every series overrides", MLP + "[model.mlp]\nepochs = 3\n[vary]\nepochs = [1, 2]\n",
+     "[model.mlp] epochs changes nothing for any mlp member ([vary] sets its own): leave it out"),
+    ("model setting every variant overrides", MLP + "[model.mlp]\nepochs = 3\n[[variants]]\nepochs = 1\n",
+     "[model.mlp] epochs changes nothing for any mlp member ([[variants]] set their own)"),
+    ("model setting its members ignore", BOTH + "[model.mlp]\nchannels_last = true\n",
+     "[model.mlp] channels_last changes nothing for any mlp member (mlp has no conv layers): leave it out"),
+    ("model data_dir of synthetic data", BOTH + '[model.mlp]\ndata_dir = "/data"\n',
+     "[model.mlp] data_dir changes nothing for any mlp member (synthetic data is generated, not read)"),
+]
 
 
 def refused(call, *fragments) -> str:
@@ -187,7 +245,7 @@ BAD_CONFIGURATIONS = [
      "[analyze] orders must be a non-empty list of distinct order names"),
     ("noise from 1", MLP + "[analyze]\nnoise_levels = [1, 2]\n", "[analyze] noise_levels must start at 0"),
     ("noise of text", MLP + '[analyze]\nnoise_levels = [0, "a"]\n', "[analyze] noise_levels must be a list of numbers"),
-]
+] + BAD_MODEL_TABLES
 
 
 @pytest.mark.parametrize("content, fragment", [case[1:] for case in BAD_CONFIGURATIONS],
@@ -241,6 +299,16 @@ def test_the_command_line_says_so_in_one_line_and_writes_nothing(tmp_path, conte
     result = runner.invoke(app, ["sweep", str(path), "--out", str(tmp_path / "out"), "-q"])
     one_error_line(result, str(path), fragment)
     assert not (tmp_path / "out").exists() and not (tmp_path / "escape_target").exists()
+
+
+@pytest.mark.parametrize("content, fragment", [case[1:] for case in BAD_MODEL_TABLES],
+                         ids=[case[0] for case in BAD_MODEL_TABLES])
+def test_a_bad_model_table_is_one_error_line_on_the_command_line(tmp_path, content, fragment):
+    path = tmp_path / "sweep.toml"
+    path.write_text(content)
+    result = runner.invoke(app, ["sweep", str(path), "--out", str(tmp_path / "out"), "-q"])
+    one_error_line(result, f"{path}: ", fragment)
+    assert not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------- the sweep directory

@@ -206,6 +206,19 @@ def test_a_preset_without_its_metadata_is_refused(monkeypatch):
         load_config(preset="broken")
 
 
+def test_a_presets_model_tables_are_checked_as_a_files_are(monkeypatch):
+    """A preset is the same dict as a TOML file reads: its [model.NAME] tables get the same checks."""
+    digits = PRESETS["mlp-digits"]
+    bad = {**digits, "model": {**digits["model"], "alexnet": {**digits["model"]["alexnet"], "reference_width": 1.0}}}
+    monkeypatch.setitem(PRESETS, "bad-digits", bad)
+    with pytest.raises(FuFastError, match=r"^preset bad-digits: \[model.alexnet\] reference_width 1 is not one of "
+                                          r"the widths of \[model.alexnet\]"):
+        load_config(preset="bad-digits")
+    monkeypatch.setitem(PRESETS, "bad-digits", {**digits, "model": {"resnet56": {"epochs": 1}}})
+    with pytest.raises(FuFastError, match="\\[model.resnet56\\]: 'resnet56' is not one of the sweep's models"):
+        load_config(preset="bad-digits")
+
+
 def test_list_presets_names_every_preset_its_figures_data_and_cost_in_100_columns():
     result = runner.invoke(app, ["sweep", "--list-presets"])
     assert result.exit_code == 0, result.output

@@ -8,11 +8,15 @@ import statistics
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 import fu_fast
+from fu_fast.cli.app import app
 from fu_fast.report import FIGURES, summarize, write_report
 from fu_fast.report.paper import DEFAULT_FIGURES
 from fu_fast.report.tables import markdown
+
+from conftest import one_error_line
 
 WIDTHS = [0.25, 0.5, 1.0, 2.0, 4.0]
 TRIALS = [0, 1]
@@ -382,6 +386,37 @@ def test_bad_input_is_one_line_fu_fast_error(tmp_path, case):
             call(root)
         assert "\n" not in str(error.value) and str(error.value)
     assert not (root / "report").exists()
+
+
+def _with_config(sweep, tmp_path, config: dict):
+    """A copy of the sweep whose sweep.json records ``config`` as its configuration."""
+    root = tmp_path / "copy"
+    shutil.copytree(sweep, root)
+    record = json.loads((root / "sweep.json").read_text())
+    (root / "sweep.json").write_text(json.dumps({**record, "config": config}))
+    return root
+
+
+def test_a_models_own_reference_width_is_read_back_from_sweep_json(sweep, tmp_path):
+    """A record without [model.NAME] tables (every record before them) has the sweep's reference width
+    for every series; a model's own names its series' reference member."""
+    assert {s["reference_width"] for s in summarize(sweep)["series"]} == {4.0}
+    root = _with_config(sweep, tmp_path, {"reference_width": 4, "model": {"mlp": {"reference_width": 2}}})
+    summary = summarize(root)
+    assert {s["reference_width"] for s in summary["series"]} == {2.0}
+    assert "normalised by the same layer of the series' 2x member" in markdown(summary)
+
+
+@pytest.mark.parametrize("config, fragment", [
+    ({"reference_width": 0}, "config.reference_width is '0', not a positive number"),
+    ({"model": 5}, "config.model is '5', not a table of model tables"),
+    ({"model": {"mlp": [2]}}, "config.model is \"{'mlp': [2]}\", not a table of model tables"),
+    ({"model": {"mlp": {"reference_width": "x"}}}, "config.model.mlp.reference_width is 'x', not a positive number"),
+    ({"model": {"mlp": {"reference_width": None}}}, "config.model.mlp.reference_width is 'None', not a positive"),
+])
+def test_a_damaged_reference_width_in_sweep_json_is_one_error_line(sweep, tmp_path, config, fragment):
+    root = _with_config(sweep, tmp_path, config)
+    one_error_line(CliRunner().invoke(app, ["report", str(root)]), f"{root / 'sweep.json'}: {fragment}")
 
 
 def test_violin_statistics_follow_the_histogram():

@@ -59,6 +59,61 @@ def test_toml_variants_and_vary_cross(tmp_path):
     assert (resolved.epochs, resolved.seed, resolved.data_dir) == (2, member.trial, "/data")
 
 
+# Two models, each with its own widths and settings: [train] < [model.NAME] < [vary] / [[variants]].
+PER_MODEL = """
+models = ["mlp", "alexnet"]
+widths = [0.25, 1, 4]
+trials = 2
+
+[train]
+lr = 0.02
+epochs = 5
+weight_decay = 0.001
+
+[model.alexnet]
+widths = [0.0625, 0.125]
+reference_width = 0.125
+epochs = 3
+batch_size = 64
+
+[[variants]]
+
+[[variants]]
+epochs = 2
+"""
+
+
+def test_each_model_has_its_own_widths_reference_width_and_settings(tmp_path):
+    config = load_config(write(tmp_path, PER_MODEL))
+    members = config.members()
+    widths = {model: sorted({m.width for m in members if m.model == model}) for model in config.models}
+    assert widths == {"mlp": [0.25, 1.0, 4.0], "alexnet": [0.0625, 0.125]}
+    assert len(members) == 3 * 2 * 2 + 2 * 2 * 2       # (widths x series x trials) per model
+    assert members[0].dir == "mlp/default/w0.25/t0" and members[-1].dir == "alexnet/epochs=2/w0.125/t1"
+    assert (config.widths_of("mlp"), config.widths_of("alexnet")) == ([0.25, 1.0, 4.0], [0.0625, 0.125])
+    assert (config.reference_width_of("mlp"), config.reference_width_of("alexnet")) == (4.0, 0.125)
+    settings = {}
+    for member in members:
+        c = config.train_config(member, None, None).resolve()
+        settings[member.series] = (c.epochs, c.lr, c.weight_decay, c.batch_size)
+    # epochs: [train]'s 5 for the MLP, alexnet's own 3, and the variant's 2 over both; lr and weight
+    # decay from [train] for both; batch size: alexnet's own, the MLP's default.
+    assert settings == {"mlp/default": (5, 0.02, 0.001, 32), "mlp/epochs=2": (2, 0.02, 0.001, 32),
+                        "alexnet/default": (3, 0.02, 0.001, 64), "alexnet/epochs=2": (2, 0.02, 0.001, 64)}
+    assert config.converged_epochs("alexnet", {}) == 3 and config.converged_epochs("mlp", {}) == 5
+    assert config.source["model"]["alexnet"]["widths"] == [0.0625, 0.125]   # sweep.json records it as given
+
+
+def test_a_model_table_leaves_the_other_models_as_they_were(tmp_path):
+    """A sweep without [model.NAME] tables, and a model without one, get the sweep's widths and settings."""
+    plain = load_config(write(tmp_path, TINY))
+    assert plain.model_tables == {} and plain.widths_of("mlp") == plain.widths == [0.25, 1.0, 4.0]
+    assert plain.reference_width_of("mlp") == 4.0 and plain.train_of("mlp") == plain.train
+    config = load_config(write(tmp_path, PER_MODEL))
+    assert config.train_of("mlp") == config.train == {"lr": 0.02, "epochs": 5, "weight_decay": 0.001}
+    assert config.train_of("alexnet") == {"lr": 0.02, "epochs": 3, "weight_decay": 0.001, "batch_size": 64}
+
+
 @pytest.mark.parametrize("text, message", [
     ('models = ["mlp"]\nfoo = 1\n', "unknown sweep setting"),
     ('models = ["vgg"]\n', "unknown model 'vgg'"),

@@ -23,7 +23,7 @@ from .beyond import beyond_markdown, summarize_beyond, write_beyond_figures
 from .figures import FIGURES, write_figures
 from .paper import write_paper_figures
 from .table1 import TABLE1_FILE, table1_markdown
-from .tables import load_sweep, markdown, summarize_sweep
+from .tables import load_sweep, markdown, reference_text, summarize_sweep
 
 REPORT_DIR = "report"
 
@@ -47,16 +47,16 @@ def write_report(sweep_dir: str | Path) -> Path:
         raise FuFastError(f"cannot write the report into {folder}: it exists and is not a directory")
     paper = write_paper_figures(sweep, folder)
     figures = write_figures(sweep, summary, folder)
-    beyond_figures = write_beyond_figures(summary["beyond"], folder, sweep.reference_width)
+    reference = reference_text(s["reference_width"] for s in summary["series"])
+    beyond_figures = write_beyond_figures(summary["beyond"], folder, reference)
     write_atomic(folder / TABLE1_FILE, table1_markdown(sweep))
     write_atomic(folder / "report.json", json.dumps(summary, indent=1, allow_nan=False) + "\n")
     damaged = [(e.id, e.run_problem) for e in sweep.entries if e.run_problem is not None]
     write_atomic(folder / "summary.md", markdown(summary, figures, table1=TABLE1_FILE, damaged_runs=damaged,
                                                  paper_figures=[(spec.name, f"{spec.paper}: {spec.title}")
                                                                 for spec in paper],
-                                                 reference_width=sweep.reference_width,
                                                  sections=beyond_markdown(summary["beyond"], beyond_figures,
-                                                                          sweep.reference_width)))
+                                                                          reference)))
     return folder
 
 

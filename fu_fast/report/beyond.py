@@ -337,10 +337,11 @@ def _mapping(pairs: list[dict], labels: dict[str, str]) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------- markdown
 
-def beyond_markdown(beyond: dict, figures: dict[str, str], reference_width: float = 4.0) -> list[str]:
-    """summary.md's lines for each section of ``beyond``, with its figure (``figures``: section -> name)."""
+def beyond_markdown(beyond: dict, figures: dict[str, str], reference: str = "4x") -> list[str]:
+    """summary.md's lines for each section of ``beyond``, with its figure (``figures``: section -> name);
+    ``reference`` names the series' reference width (tables.reference_text)."""
     lines = []
-    scale = (f"normalised by the units of the same layer in the series' {reference_width:g}x member "
+    scale = (f"normalised by the units of the same layer in the series' {reference} member "
              "(series without it: unit counts, marked [units])")
     for section in SECTIONS:
         if section not in beyond:
@@ -454,12 +455,13 @@ def _row(cells: list[str]) -> str:
 
 # ----------------------------------------------------------------------------------------- figures
 
-def write_beyond_figures(beyond: dict, out_dir: Path, reference_width: float = 4.0) -> dict[str, str]:
+def write_beyond_figures(beyond: dict, out_dir: Path, reference: str = "4x") -> dict[str, str]:
     """Each section's figure into ``out_dir`` (PNG and PDF); section -> figure name. The figure of a
-    section the data no longer has (an earlier report's) is removed."""
+    section the data no longer has (an earlier report's) is removed. ``reference`` names the series'
+    reference width (tables.reference_text)."""
     written = {}
     for section, name in FIGURE_NAMES.items():
-        fig = FIGURES[section](beyond[section], reference_width) if section in beyond else None
+        fig = FIGURES[section](beyond[section], reference) if section in beyond else None
         if fig is None:
             for ext in ("png", "pdf"):
                 (out_dir / f"{name}.{ext}").unlink(missing_ok=True)
@@ -479,9 +481,8 @@ def _positive_curve(ax, rows: list[dict], key: str, label: str, **style) -> bool
     return bool(points)
 
 
-def _orders_figure(series: list[dict], reference_width: float) -> Figure | None:
-    keys = {"fraction": "prunable fraction p*",
-            "prunability": f"prunable units (÷ units of the {reference_width:g}x layer)"}
+def _orders_figure(series: list[dict], reference: str) -> Figure | None:
+    keys = {"fraction": "prunable fraction p*", "prunability": f"prunable units (÷ units of the {reference} layer)"}
     fig, axes = _panels(2 * len(series), "Targeted versus random ablation\n(mean over layers; dashed: random)",
                         columns=len(series))
     drawn = False
@@ -502,7 +503,7 @@ def _orders_figure(series: list[dict], reference_width: float) -> Figure | None:
     return fig if drawn else None
 
 
-def _noise_figure(series: list[dict], reference_width: float) -> Figure | None:
+def _noise_figure(series: list[dict], reference: str) -> Figure | None:
     fig, axes = _panels(2 * len(series), "Noise robustness (mean over trials, repeats and layers)",
                         columns=len(series))
     for i, s in enumerate(series):
@@ -526,7 +527,7 @@ def _noise_figure(series: list[dict], reference_width: float) -> Figure | None:
     return fig
 
 
-def _selectivity_figure(series: list[dict], reference_width: float) -> Figure | None:
+def _selectivity_figure(series: list[dict], reference: str) -> Figure | None:
     panels = [(s, name, layer) for s in series for name, layer in s["layers"].items()]
     fig, axes = _panels(len(panels), "Class selectivity per layer and width (means over trials)\nboxes: quartiles "
                         "and median; whiskers: 5% and 95% quantiles; triangle: mean",
@@ -545,7 +546,7 @@ def _selectivity_figure(series: list[dict], reference_width: float) -> Figure | 
     return fig
 
 
-def _mapping_figure(mapping: dict, reference_width: float) -> Figure | None:
+def _mapping_figure(mapping: dict, reference: str) -> Figure | None:
     quantities = {"spanned_share": "share of the wide layer's directions spanned",
                   "mean_r2": "mean R² of the wide layer's units from the thin",
                   "cka": "linear CKA", "unspanned": "directions of the wide layer not spanned"}

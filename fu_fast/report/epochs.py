@@ -57,7 +57,8 @@ def epoch_figure(sweep: Sweep, summary: dict) -> Figure | None:
                 ax.set_yscale("log")
             ax.set_xticks(sorted({a for a, _ in members}))
             ax.set_xlabel("epochs past convergence (past the epochs setting)")
-            scale = "÷ units of the 4x (reference) layer" if normalized else "not normalised"
+            reference = sweep.reference_width_of(members[0][1].series)
+            scale = f"÷ units of the {reference:g}x (reference) layer" if normalized else "not normalised"
             ax.set_ylabel(f"{HEADERS[normalized][quantity]}\n({scale}, mean over layers)", fontsize=8)
             ax.set_title(f"{label}: {TITLES[quantity]}", fontsize=10)
             ax.legend(fontsize=7, title="error bars: sd over trials", title_fontsize=7)

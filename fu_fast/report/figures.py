@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
 from ..atomic import atomic_file
-from .tables import HEADERS, Sweep, fmt_gain
+from .tables import HEADERS, Sweep, fmt_gain, reference_text
 
 DPI = 120
 ERROR_BARS = "error bars: sd over trials"
@@ -103,16 +103,21 @@ def _range_text(span: dict | None) -> str:
     return "" if span is None else f" (g_min = {fmt_gain(span['min'])}, g_max = {fmt_gain(span['max'])})"
 
 
-def _ylabel(quantity: str, series: list[dict], reference: float = 4.0) -> str:
+def _ylabel(quantity: str, series: list[dict]) -> str:
+    normalized = [s for s in series if s["normalized"]]
+    reference = reference_text(s["reference_width"] for s in normalized or series)
     if all(s["normalized"] for s in series):
-        return f"{HEADERS[True][quantity]} (÷ units of the {reference:g}x layer)"
+        return f"{HEADERS[True][quantity]} (÷ units of the {reference} layer)"
     if not any(s["normalized"] for s in series):
-        return f"{HEADERS[False][quantity]} (no {reference:g}x member: not normalised)"
-    return f"{HEADERS[True][quantity]} (÷ {reference:g}x units; [units]: not normalised)"
+        return f"{HEADERS[False][quantity]} (no {reference} member: not normalised)"
+    return f"{HEADERS[True][quantity]} (÷ {reference} units; [units]: not normalised)"
 
 
-def _series_label(s: dict, mixed: bool, g: float | None) -> str:
+def _series_label(s: dict, mixed: bool, g: float | None, own_reference: bool = False) -> str:
+    """The legend entry of a series: [units] among normalised series, its reference width (÷ 0.5x)
+    where the series of the panel have several."""
     tag = " [units]" if mixed and not s["normalized"] else ""
+    tag += f" (÷ {s['reference_width']:g}x)" if own_reference and s["normalized"] else ""
     return f"{s['label']}{tag}, g = {fmt_gain(g)}"
 
 
@@ -120,16 +125,17 @@ def _has_positive(rows_list, key) -> bool:
     return any(r.get(key) and r[key]["mean"] > 0 for rows in rows_list for r in rows)
 
 
-def _log_log_panel(ax, summary: dict, quantity: str, reference: float = 4.0) -> None:
+def _log_log_panel(ax, summary: dict, quantity: str) -> None:
     """One quantity against width on log-log axes: a line per series, g in the legend."""
     series = summary["series"]
     mixed = len({s["normalized"] for s in series}) > 1
+    own_reference = len({s["reference_width"] for s in series if s["normalized"]}) > 1
     for i, s in enumerate(series):
-        _curve(ax, s["rows"], quantity, _series_label(s, mixed, s["gains"][quantity]), f"C{i}")
+        _curve(ax, s["rows"], quantity, _series_label(s, mixed, s["gains"][quantity], own_reference), f"C{i}")
     _slope_one(ax, [p for s in series for p in _means(s["rows"], quantity)])
     ax.set_yscale("log")
     _width_axis(ax, [w for s in series for w in s["widths"]])
-    ax.set_ylabel(_ylabel(quantity, series, reference))
+    ax.set_ylabel(_ylabel(quantity, series))
     ax.set_title(f"{TITLES[quantity]} vs width" + _range_text(summary["gain_range"]["network"][quantity]),
                  fontsize=10)
     ax.legend(fontsize=7, title=ERROR_BARS, title_fontsize=7)
@@ -246,7 +252,7 @@ def _network(quantity: str) -> Callable[[Sweep, dict], Figure | None]:
         if not _has_positive([s["rows"] for s in summary["series"]], quantity):
             return None
         fig, (ax,) = _panels(1, None, 6.5, 4.5)
-        _log_log_panel(ax, summary, quantity, sweep.reference_width)
+        _log_log_panel(ax, summary, quantity)
         return fig
     return draw
 
@@ -268,7 +274,7 @@ def _per_layer(quantity: str) -> Callable[[Sweep, dict], Figure | None]:
             ax.set_yscale("log")
             _width_axis(ax, s["widths"])
             ax.set_ylabel(HEADERS[s["normalized"]][quantity]
-                          + (f" (÷ {sweep.reference_width:g}x units)" if s["normalized"] else " (not normalised)"))
+                          + (f" (÷ {s['reference_width']:g}x units)" if s["normalized"] else " (not normalised)"))
             ax.set_title(s["label"], fontsize=10)
             ax.legend(fontsize=6, ncol=max(1, math.ceil(len(layers) / 12)), title=ERROR_BARS, title_fontsize=6)
         return fig
@@ -281,7 +287,7 @@ def non_frivolous(sweep: Sweep, summary: dict) -> Figure | None:
         return None
     fig, axes = _panels(2, "Non-frivolous units vs width (mean over layers)", 6.0, 4.5)
     for ax, quantity in zip(axes, ("non_prunable", "non_redundant")):
-        _log_log_panel(ax, summary, quantity, sweep.reference_width)
+        _log_log_panel(ax, summary, quantity)
     return fig
 
 

@@ -16,8 +16,9 @@ says what one kind of axes shows:
   weighted equally), "layer" (an axes per layer: ``layers`` or every analysed layer, a line per series),
   "layers" (an axes per series, a line per layer) or "series" (an axes per series, for the two plots);
 * ``scale``: "normalized" (÷ the units of the same layer in the series' member at the reference width,
-  4x unless the sweep's configuration says otherwise: the paper's normalisation; a series without that
-  member falls back to unit counts, labelled "[units]"), "share" (÷ the layer's own units) or "units";
+  4x unless the sweep's configuration says otherwise, for the sweep or the series' model: the paper's
+  normalisation; a series without that member falls back to unit counts, labelled "[units]"), "share"
+  (÷ the layer's own units) or "units";
 * ``complement``: the non-frivolous units instead (units - frivolous, on the same scale: 1 - share);
 * ``xlog`` / ``ylog``: log axes (x: base 2, ticked at the sweep's widths);
 * ``gains``: g of every line in the legend and g_min / g_max across the lines of the axes in its title
@@ -41,7 +42,8 @@ from matplotlib.figure import Figure
 from ..analysis import LayerResult
 from .figures import (_panels, _ramp, _slope_one, _width_axis, draw_ablation_curves, draw_correlation_violins,
                       save_figure)
-from .tables import MemberResult, Sweep, _labels, analysed_epoch, fmt_gain, is_normalized, safe_gain, stats
+from .tables import (MemberResult, Sweep, _labels, analysed_epoch, fmt_gain, is_normalized, reference_text, safe_gain,
+                     stats)
 
 FRIVOLOUS = ("prunability", "redundancy")
 ACCURACIES = ("accuracy", "train_accuracy", "test_accuracy")
@@ -289,6 +291,7 @@ def axes_data(panel: Panel, sweep: Sweep) -> list[AxesData]:
     groups = sweep.series()
     labels = {series: _plain(label) for series, label in _labels(sweep).items()}
     normalized = {s: is_normalized(members) for s, members in groups.items()}
+    references = {s: sweep.reference_width_of(s) for s in groups if normalized[s]}
     layer_names = list(dict.fromkeys(name for m in sweep.members for name in m.analysis.layers))
     out = []
 
@@ -297,6 +300,8 @@ def axes_data(panel: Panel, sweep: Sweep) -> list[AxesData]:
         for i, (series, members) in enumerate(groups.items()):
             scale = panel.scale if panel.scale != "normalized" or normalized[series] else "units"
             tag = " [units]" if scale != panel.scale else ""
+            if scale == "normalized" and len(set(references.values())) > 1:   # each series its own reference
+                tag += f" (÷ {references[series]:g}x)"
             for j, quantity in enumerate(panel.quantities):
                 suffix = f", {QUANTITY_LABELS.get(quantity, quantity)}" if len(panel.quantities) > 1 else ""
                 line = _line(members, quantity, panel, scale, layer, labels[series] + tag + suffix, f"C{i % 10}",
@@ -359,13 +364,14 @@ def _ylabel(panel: Panel, sweep: Sweep, normalized: dict[str, bool], network: bo
         return "accuracy" if set(panel.quantities) <= set(ACCURACIES) else QUANTITY_LABELS[quantity]
     adjective = NAMES[quantity][0]
     what = f"non-{adjective}" if panel.complement else adjective
+    reference = reference_text(sweep.reference_width_of(series) for series in
+                               [s for s in normalized if normalized[s]] or normalized)
     if panel.scale == "share":
         text = f"{what} share (1 - {adjective} units / units)" if panel.complement else f"{what} units / units"
     elif panel.scale == "units" or not any(normalized.values()):
-        text = f"{what} units" + ("" if panel.scale == "units" else
-                                  f" (no {sweep.reference_width:g}x member: not normalised)")
+        text = f"{what} units" + ("" if panel.scale == "units" else f" (no {reference} member: not normalised)")
     else:
-        text = f"{what} units ÷ units of the {sweep.reference_width:g}x layer" + (
+        text = f"{what} units ÷ units of the {reference} layer" + (
             "" if all(normalized.values()) else " ([units]: not normalised)")
     return text + (" (mean over layers)" if network else "")
 

@@ -1,8 +1,9 @@
 """The report's numbers: a sweep directory read into series, trial statistics, gains, markdown.
 
 Every number comes from the members' analysis.json documents (docs/result-format.md). A series is
-reported normalised (each layer divided by the same layer of the series' 4x member,
-docs/definitions.md) when every one of its documents carries reference units; otherwise the whole
+reported normalised (each layer divided by the same layer of the series' 4x member, or of its
+reference_width member, docs/definitions.md) when every one of its documents carries reference
+units; otherwise the whole
 series falls back to plain unit counts, and is labelled so: the two are never mixed
 within a series.
 """
@@ -77,6 +78,12 @@ class Sweep:
     missing: list[str]        # ids of the members that are not reported (pending, or no analysis.json)
     entries: list[MemberEntry] = field(default_factory=list)   # every member of sweep.json, in its order
     reference_width: float = 4.0    # the width whose layers normalise a series (config reference_width)
+    model_reference_widths: dict = field(default_factory=dict)   # a model's own (config [model.NAME])
+
+    def reference_width_of(self, series: str) -> float:
+        """The width whose layers normalise ``series`` (one of self.series()): its model's own, or the sweep's."""
+        model = next(m.model for m in self.members if m.series == series)
+        return self.model_reference_widths.get(model, self.reference_width)
 
     def series(self) -> dict[str, list[MemberResult]]:
         """The members grouped by series, series in order of first appearance."""
@@ -120,12 +127,23 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
                           f"({len(missing)} pending); nothing to report")
     name = record.get("name")
     config = record.get("config") if isinstance(record.get("config"), dict) else {}
-    reference = config.get("reference_width", 4.0)
-    if not (_is_number(reference) and math.isfinite(reference) and reference > 0):
-        raise FuFastError(f"{sweep_dir / 'sweep.json'}: config.reference_width is {str(reference)[:40]!r}, "
-                          f"not a positive number")
+    reference = _recorded_reference_width(sweep_dir, config, "config.reference_width", 4.0)
+    # A record written before [model.NAME] tables existed has none: every series has the sweep's.
+    tables = config.get("model", {})
+    if not isinstance(tables, dict) or not all(isinstance(table, dict) for table in tables.values()):
+        raise FuFastError(f"{sweep_dir / 'sweep.json'}: config.model is {str(tables)[:40]!r}, not a table of "
+                          f"model tables")
+    own = {model: _recorded_reference_width(sweep_dir, table, f"config.model.{model}.reference_width", None)
+           for model, table in tables.items() if "reference_width" in table}
     return Sweep(sweep_dir, name if isinstance(name, str) and name else sweep_dir.name, members, missing, entries,
-                 float(reference))
+                 reference, own)
+
+
+def _recorded_reference_width(sweep_dir: Path, table: dict, where: str, default) -> float:
+    reference = table.get("reference_width", default)
+    if not (_is_number(reference) and math.isfinite(reference) and reference > 0):
+        raise FuFastError(f"{sweep_dir / 'sweep.json'}: {where} is {str(reference)[:40]!r}, not a positive number")
+    return float(reference)
 
 
 def _member_entry(sweep_dir: Path, entry) -> tuple[Path, str, tuple]:
@@ -375,7 +393,8 @@ def summarize_sweep(sweep: Sweep) -> dict:
         first = members[0]
         series_out.append({
             "series": series, "label": labels[series], "model": first.model, "variant": first.variant,
-            "normalized": normalized, "widths": list(by_width), "rows": rows, "gains": _gains(rows, COLUMNS),
+            "normalized": normalized, "reference_width": sweep.reference_width_of(series),
+            "widths": list(by_width), "rows": rows, "gains": _gains(rows, COLUMNS),
             "layers": {name: {"rows": lr, "gains": _gains(lr, QUANTITIES)} for name, lr in layer_rows.items()},
         })
     return {"schema": REPORT_SCHEMA, "name": sweep.name,
@@ -413,6 +432,15 @@ def _text(value) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def reference_text(widths) -> str:
+    """The reference width of some series as a label names it: "4x", or "reference (0.5x, 4x)" when
+    they have several (each series is normalised by its own)."""
+    distinct = sorted(set(widths))
+    if len(distinct) == 1:
+        return f"{distinct[0]:g}x"
+    return "reference (" + ", ".join(f"{w:g}x" for w in distinct) + ")"
+
+
 # --------------------------------------------------------------------------------------- markdown
 
 def fmt_stats(s: dict | None) -> str:
@@ -424,12 +452,11 @@ def fmt_gain(g: float | None) -> str:
 
 
 def markdown(summary: dict, figures: list[str] = (), *, paper_figures: list[tuple[str, str]] = (),
-             table1: str | None = None, damaged_runs: list[tuple[str, str]] = (), reference_width: float = 4.0,
-             sections: list[str] = ()) -> str:
+             table1: str | None = None, damaged_runs: list[tuple[str, str]] = (), sections: list[str] = ()) -> str:
     """summary.md: the tables of ``summary``, then the figures (``figures`` by name; ``paper_figures`` as
     (name, caption)); ``table1`` the file name of the training table to link, ``damaged_runs`` (member id,
-    what is wrong) the training records it skipped; ``reference_width`` the width that normalises;
-    ``sections`` further lines after the gain ranges (fu_fast.report.beyond)."""
+    what is wrong) the training records it skipped; ``sections`` further lines after the gain ranges
+    (fu_fast.report.beyond)."""
     m = summary["members"]
     lines = [f"# Frivolous units: {summary['name']}", "",
              f"Members reported: {m['done']} done, {m['pending']} pending"
@@ -446,9 +473,9 @@ def markdown(summary: dict, figures: list[str] = (), *, paper_figures: list[tupl
     for s in summary["series"]:
         head = HEADERS[s["normalized"]]
         lines += [f"## {s['label']}", "", f"Series `{s['series']}`. " + (
-            f"Values normalised by the same layer of the series' {reference_width:g}x member, mean over layers."
+            f"Values normalised by the same layer of the series' {s['reference_width']:g}x member, mean over layers."
             if s["normalized"] else
-            f"**Not normalised**: the series has no {reference_width:g}x member, so values are unit counts "
+            f"**Not normalised**: the series has no {s['reference_width']:g}x member, so values are unit counts "
             "(mean over layers), not comparable in scale with normalised series."), ""]
         columns = ["width", "trials", "parameters", "accuracy"] + [head[q] for q in QUANTITIES]
         lines += _table_head(columns)

@@ -19,11 +19,21 @@
     [analyze]                        # fu_fast.analyze settings, plus split, limit and layers
     split = "test"
 
+    [model.alexnet]                  # one model's own settings (optional; alexnet must be in models)
+    widths = [0.0625, 0.125, 0.25, 0.5]
+    reference_width = 0.5
+    epochs = 15                      # a training setting: overrides [train] for this model
+
 Two optional top-level keys (before the first table, as TOML reads them): reference_width, the
 width whose layers normalise a series (default 4), and epochs_after = [0, 5, 10, 20]: one run per
 (series, width, trial), analysed at these epochs past its epochs setting, a member per epoch.
 
-A setting in [train], [vary] or [[variants]] is a TrainConfig field (lr, weight_decay,
+A [model.NAME] table gives model NAME of models its own widths, reference_width and training
+settings: a sweep of a fast and a slow model can train each at the widths it affords. A member's
+training settings are [train]'s, then its model's table over them, then its series' [vary] and
+[[variants]] values over those.
+
+A setting in [train], [model.NAME], [vary] or [[variants]] is a TrainConfig field (lr, weight_decay,
 augment, random_labels, input_dim, data, ...) or a model option (init, dropout, num_classes,
 input_size). A member is one (series, width, trial); its directory is
 MODEL/LABEL/w<width>/t<trial> under the sweep directory, LABEL being the series' settings
@@ -60,6 +70,8 @@ from ..errors import FuFastError
 from ..train import TrainConfig
 
 MODEL_OPTIONS = ("init", "dropout", "num_classes", "input_size")
+# The keys of a [model.NAME] table besides training settings: the model's own series shape.
+MODEL_TABLE_KEYS = ("widths", "reference_width")
 # The sweep sets model, width and seed per member, and the epoch checkpoints through epochs_after.
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "width", "model_options", "seed",
                                                                     "save_every", "save_epochs"}
@@ -158,18 +170,27 @@ PRESETS: dict[str, dict] = {
     },
     # Not in the paper: a real data set that needs no download (scikit-learn's digits, fu_fast/data/digits.py).
     # The MLP's training defaults (the paper's synthetic-data settings) reach about 97% test accuracy on it
-    # at every width, so they are kept (docs/models-and-training.md). A conv-net series cannot join this
-    # preset: a sweep's build options apply to every model, and an MLP refuses alexnet's input_size and
-    # in_channels.
+    # at every width, so they are kept (docs/models-and-training.md); its input_dim is its own, so that its
+    # members are those of the preset before the CNN joined. The small CNN (AlexNet-CIFAR on 1x8x8 images)
+    # has its own widths and training ([model.alexnet]): from 1x up it trains for seconds per epoch on a CPU,
+    # so its series is 1/16x-1/2x, normalised by the 1/2x layers, and 15 epochs of batch 32 (AlexNet's lr,
+    # decay and patience kept) replace its at most 100 of 128, which the 1,079 training images would turn
+    # into 9 steps per epoch; it then ends at 93-97% test accuracy, and the whole preset took 79 s.
     "mlp-digits": {
-        "description": "MLP on scikit-learn's 8x8 handwritten digits (64 inputs, 10 classes; a fixed stratified "
-                       "60/20/20 split), trained with the MLP's defaults: momentum SGD, lr 0.05, batch 32, 50 "
-                       "epochs, init std 0.01",
+        "description": "MLP and a small CNN on scikit-learn's 8x8 handwritten digits (a fixed stratified 60/20/20 "
+                       "split). MLP: 64 inputs, widths 1/4-4, the MLP's defaults (momentum SGD, lr 0.05, batch "
+                       "32, 50 epochs, init std 0.01). CNN: AlexNet-CIFAR on 1x8x8 images at widths 1/16, 1/8, "
+                       "1/4, 1/2 (normalised by the 1/2x layers: wider ones train too slowly on a CPU), its "
+                       "defaults but 15 epochs of batch 32 instead of up to 100 of 128 (fu-fast's choice: "
+                       "93-97% test accuracy in about a CPU-minute)",
         "figures": ["digits (not in the paper)"],
         "data": "scikit-learn digits, no download (pip install 'fu-fast[digits]')",
-        "cost": "about 25 s of CPU time (one thread)",
-        "models": ["mlp"], "widths": _PAPER_WIDTHS, "trials": 3,
-        "train": {"data": "digits", "input_dim": 64},
+        "cost": "about 80 s of CPU time (one thread; measured: 78 s, report included)",
+        "models": ["mlp", "alexnet"], "widths": _PAPER_WIDTHS, "trials": 3,
+        "train": {"data": "digits"},
+        "model": {"mlp": {"input_dim": 64},
+                  "alexnet": {"widths": [0.0625, 0.125, 0.25, 0.5], "reference_width": 0.5, "epochs": 15,
+                              "batch_size": 32}},
     },
     # The paper trains the synthetic MLPs with momentum SGD, plain SGD and Adam, each at "the best" learning
     # rate of a small grid it does not give. fu-fast's grid at 10,000 input dimensions (widths 1/4, 1, 4,
@@ -337,12 +358,26 @@ class SweepConfig:
     source: dict           # the configuration as given, for sweep.json
     epochs_after: list | None = None     # analyse each run at these epochs past its epochs setting
     reference_width: float = 4.0         # the width whose layers normalise a series (docs/definitions.md)
+    model_tables: dict = dataclasses.field(default_factory=dict)   # model -> its [model.NAME] table, checked
+
+    def widths_of(self, model: str) -> list[float]:
+        """The widths of the model's series: its own ([model.NAME] widths), or the sweep's."""
+        return [float(w) for w in self.model_tables.get(model, {}).get("widths", self.widths)]
+
+    def reference_width_of(self, model: str) -> float:
+        """The width whose layers normalise the model's series: its own, or the sweep's."""
+        return float(self.model_tables.get(model, {}).get("reference_width", self.reference_width))
+
+    def train_of(self, model: str) -> dict:
+        """The training settings every member of the model shares: [train], its own table's over them."""
+        own = {k: v for k, v in self.model_tables.get(model, {}).items() if k not in MODEL_TABLE_KEYS}
+        return {**self.train, **own}
 
     def members(self) -> list[Member]:
         """Ordered by model, variant, width, trial (and epoch): the members of one run are adjacent."""
         out = []
         for model, variant in itertools.product(self.models, self.variants):
-            for width, trial in itertools.product(self.widths, range(self.trials)):
+            for width, trial in itertools.product(self.widths_of(model), range(self.trials)):
                 if self.epochs_after is None:
                     out.append(Member(model, float(width), trial, f"{model}/{series_label(variant)}", dict(variant)))
                     continue
@@ -354,12 +389,12 @@ class SweepConfig:
 
     def converged_epochs(self, model: str, variant: dict) -> int:
         """The epochs a series trains for before "past convergence": its epochs setting, or the model's."""
-        return {**self.train, **variant}.get("epochs", zoo.entry(model).training["epochs"])
+        return {**self.train_of(model), **variant}.get("epochs", zoo.entry(model).training["epochs"])
 
     def train_config(self, member: Member, data_dir: str | None, device: str | None) -> TrainConfig:
         """The training of the member's run. With epochs_after, the run goes on past its epochs
         setting to the last epoch analysed, and keeps the weights of each epoch analysed."""
-        settings = {**self.train, **member.variant}
+        settings = {**self.train_of(member.model), **member.variant}
         options = {k: settings.pop(k) for k in MODEL_OPTIONS if k in settings}
         if data_dir is not None:
             settings["data_dir"] = data_dir
@@ -448,7 +483,7 @@ def _read_toml(path: Path) -> dict:
 
 def _parse(raw: dict) -> SweepConfig:
     known = ("name", "models", "widths", "trials", "train", "vary", "variants", "analyze", "epochs_after",
-             "reference_width")
+             "reference_width", "model")
     unknown = sorted(set(raw) - set(known))
     if unknown:
         raise FuFastError(f"unknown sweep setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -459,9 +494,7 @@ def _parse(raw: dict) -> SweepConfig:
     for model in names:
         if not isinstance(model, str) or model not in zoo.names():
             raise FuFastError(f"unknown model {show(model)} in models; choose from {', '.join(zoo.names())}")
-    widths = _list(raw, "widths", [1.0])
-    if not all(_is_a(w, float) and w > 0 for w in widths):
-        raise FuFastError(f"widths must be positive numbers, got {show(widths)}")
+    widths = _widths(raw)
     trials = raw.get("trials", 1)
     if not _is_a(trials, int) or trials < 1:
         raise FuFastError(f"trials must be a positive integer, got {show(trials)}")
@@ -471,17 +504,17 @@ def _parse(raw: dict) -> SweepConfig:
                                          and len(set(epochs_after)) == len(epochs_after)):
         raise FuFastError(f"epochs_after must be a non-empty list of distinct integers >= 0 (epochs past the "
                           f"epochs setting), got {show(epochs_after)}")
-    reference_width = raw.get("reference_width", REFERENCE_WIDTH)
-    if not (_is_a(reference_width, float) and reference_width > 0):
-        raise FuFastError(f"reference_width must be a positive number, got {show(reference_width)}")
-    if "reference_width" in raw and not any(math.isclose(reference_width, w) for w in widths):
-        raise FuFastError(f"reference_width {reference_width:g} is not one of the widths ({show(widths)}): no "
-                          f"member would normalise its series")
+    reference_width = _reference_width(raw, REFERENCE_WIDTH)
+    model_tables = _model_tables(raw, names)
+    _check_series_shapes(raw, names, model_tables, widths, reference_width)
     train, vary, analyze_table = (_table(raw, key) for key in ("train", "vary", "analyze"))
     explicit = raw.get("variants", [{}])
     if not isinstance(explicit, list) or not explicit or not all(isinstance(v, dict) for v in explicit):
         raise FuFastError(f"variants must be a non-empty list of tables ([[variants]]), got {show(explicit)}")
-    tables = [("[train]", train), ("[vary]", vary)] + [(f"[[variants]] {i + 1}", v) for i, v in enumerate(explicit)]
+    own_training = [(f"[model.{model}]", {k: v for k, v in table.items() if k not in MODEL_TABLE_KEYS})
+                    for model, table in model_tables.items()]
+    tables = ([("[train]", train)] + own_training + [("[vary]", vary)]
+              + [(f"[[variants]] {i + 1}", v) for i, v in enumerate(explicit)])
     for where, table in tables:
         for key in table:
             if key not in SETTING_TYPES:
@@ -494,16 +527,86 @@ def _parse(raw: dict) -> SweepConfig:
         for key, value in table.items():
             for one in value if where == "[vary]" else [value]:
                 _check_value(where, key, one, SETTING_TYPES[key])
+    for where, table in own_training:
+        for key, value in table.items():
+            if key in train and train[key] == value:
+                raise FuFastError(f"{where} {key} changes nothing: [train] gives it the same value ({show(value)}); "
+                                  f"leave it out")
     for key, value in analyze_table.items():
         if key not in ANALYZE_TYPES:
             raise FuFastError(f"unknown analysis setting {key!r} in [analyze]; known: {', '.join(ANALYZE_KEYS)}")
         _check_value("[analyze]", key, value, ANALYZE_TYPES[key])
     products = [dict(zip(vary, combo)) for combo in itertools.product(*vary.values())]
     variants = [{**e, **p} for e in explicit for p in products]
-    config = SweepConfig(name, names, [float(w) for w in widths], trials, train, variants, analyze_table, raw,
-                         sorted(epochs_after) if epochs_after is not None else None, float(reference_width))
+    config = SweepConfig(name, names, widths, trials, train, variants, analyze_table, raw,
+                         sorted(epochs_after) if epochs_after is not None else None, reference_width, model_tables)
     _check_members(config, vary)
     return config
+
+
+def _widths(table: dict, where: str = "") -> list[float]:
+    """The widths of the sweep, or of a [model.NAME] table (``where`` then names it, with a space)."""
+    widths = _list(table, "widths", [1.0], where)
+    if not all(_is_a(w, float) and w > 0 for w in widths):
+        raise FuFastError(f"{where}widths must be positive numbers, got {show(widths)}")
+    return [float(w) for w in widths]
+
+
+def _reference_width(table: dict, default, where: str = "") -> float:
+    reference_width = table.get("reference_width", default)
+    if not (_is_a(reference_width, float) and reference_width > 0):
+        raise FuFastError(f"{where}reference_width must be a positive number, got {show(reference_width)}")
+    return float(reference_width)
+
+
+def _model_tables(raw: dict, models: list) -> dict:
+    """The [model.NAME] tables, each of a model of the sweep, their keys known and their widths and
+    reference widths checked (their training settings are checked with the other tables')."""
+    tables = raw.get("model", {})
+    if not isinstance(tables, dict) or not all(isinstance(table, dict) for table in tables.values()):
+        raise FuFastError(f"model must hold one table per model ([model.NAME]), got {show(tables)}")
+    for model, table in tables.items():
+        where = f"[model.{model}]"
+        if model not in models:
+            raise FuFastError(f"{where}: {model!r} is not one of the sweep's models ({', '.join(models)})")
+        for key in table:
+            if key not in MODEL_TABLE_KEYS and key not in SETTING_TYPES:
+                raise FuFastError(f"unknown setting {key!r} in {where}; known: {', '.join(MODEL_TABLE_KEYS)} and "
+                                  f"the training settings ({', '.join(sorted(SETTING_TYPES))})")
+        if "widths" in table:
+            _widths(table, f"{where} ")
+        if "reference_width" in table:
+            _reference_width(table, None, f"{where} ")
+    return {model: dict(table) for model, table in tables.items()}
+
+
+def _check_series_shapes(raw: dict, models: list, model_tables: dict, widths: list, reference_width: float) -> None:
+    """Each model's reference width, where one is given, is one of its widths; and every widths and
+    reference_width given changes something: a model's own differs from the sweep's, and the sweep's
+    is not given when every model has its own."""
+    for model in dict.fromkeys(models):
+        own = model_tables.get(model, {})
+        if "reference_width" not in own and "reference_width" not in raw:
+            continue   # the paper's 4x: a series without that member is reported in unit counts
+        model_widths = own.get("widths", raw.get("widths", widths))   # as given, for the message
+        reference = float(own.get("reference_width", reference_width))
+        if not any(math.isclose(reference, w) for w in model_widths):
+            given = f"[model.{model}] reference_width" if "reference_width" in own else "reference_width"
+            of = f"widths of [model.{model}]" if "widths" in own else "widths"
+            raise FuFastError(f"{given} {reference:g} is not one of the {of} ({show(model_widths)}): no member "
+                              f"would normalise its series")
+    for key, sweeps in (("widths", widths), ("reference_width", reference_width)):
+        for model, table in model_tables.items():
+            if key in table and _as_floats(table[key]) == _as_floats(sweeps):
+                raise FuFastError(f"[model.{model}] {key} changes nothing: it equals the sweep's "
+                                  f"({show(table[key])}); leave it out")
+        if key in raw and all(key in model_tables.get(model, {}) for model in models):
+            raise FuFastError(f"{key} changes nothing: every model has its own ([model.NAME] {key}); leave it out")
+
+
+def _as_floats(value):
+    """A width or list of widths as floats, so that 1 and 1.0 compare equal."""
+    return [float(w) for w in value] if isinstance(value, list) else float(value)
 
 
 def _check_members(config: SweepConfig, vary: dict) -> None:
@@ -516,7 +619,11 @@ def _check_members(config: SweepConfig, vary: dict) -> None:
             raise FuFastError(f"member {member.dir} comes twice: a model, a width (to 6 digits) or a [vary] or "
                               f"[[variants]] value is repeated")
         seen.add(member.dir)
-    ignored_by_all = dict.fromkeys(config.train, "")   # the [train] keys no member has used so far, and why
+    # Each [train] key must change something for some member, and each key of a [model.NAME] table for
+    # some member of NAME: be used, and not be overridden. (table, key) -> why it has not, so far.
+    ignored_by_all = {("[train]", key): "" for key in config.train}
+    ignored_by_all.update({(f"[model.{model}]", key): "" for model, table in config.model_tables.items()
+                           for key in table if key not in MODEL_TABLE_KEYS})
     for member in members:
         if member.trial:   # trials differ in their seed only
             continue
@@ -546,13 +653,23 @@ def _check_members(config: SweepConfig, vary: dict) -> None:
             if why:
                 raise FuFastError(f"{'[vary]' if key in vary else '[[variants]]'} {key} changes nothing for member "
                                   f"{member.dir} ({why}): leave it out")
-        for key in list(ignored_by_all):
-            ignored_by_all[key] = unused_because(key, resolved)
-            if ignored_by_all[key] is None:
-                del ignored_by_all[key]
+        own = f"[model.{member.model}]"
+        for where, key in list(ignored_by_all):
+            if where not in ("[train]", own):
+                continue
+            if where == "[train]" and key in config.model_tables.get(member.model, {}):
+                why = f"{own} sets its own"
+            elif key in member.variant:
+                why = "[vary] sets its own" if key in vary else "[[variants]] set their own"
+            else:
+                why = unused_because(key, resolved)
+            ignored_by_all[where, key] = why
+            if why is None:
+                del ignored_by_all[where, key]
     if ignored_by_all:
-        key, why = min(ignored_by_all.items())
-        raise FuFastError(f"[train] {key} changes nothing for any member ({why}): leave it out")
+        (where, key), why = min(ignored_by_all.items())
+        whose = "any member" if where == "[train]" else f"any {where[len('[model.'):-1]} member"
+        raise FuFastError(f"{where} {key} changes nothing for {whose} ({why}): leave it out")
 
 
 def unused_because(key: str, c: TrainConfig) -> str | None:
@@ -666,10 +783,10 @@ def _table(raw: dict, key: str) -> dict:
     return dict(value)
 
 
-def _list(raw: dict, key: str, default=None) -> list:
+def _list(raw: dict, key: str, default=None, where: str = "") -> list:
     value = raw.get(key, default)
     if not isinstance(value, list) or not value:
-        raise FuFastError(f"{key} must be a non-empty list, got {show(value)}")
+        raise FuFastError(f"{where}{key} must be a non-empty list, got {show(value)}")
     return value
 
 

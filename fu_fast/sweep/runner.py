@@ -6,8 +6,9 @@ training from its checkpoint, redoes a damaged analysis (with one warning line; 
 is kept), and redoes nothing else. `--shard I/N` runs the members whose training run's index is
 I modulo N, so N jobs of an array cover the sweep once (a run, and the members of every epoch it
 is analysed at, belong to one job). Normalisation (docs/definitions.md: each layer divided by the
-same layer of the series' 4x member, or of its reference_width member) is applied to every done
-member of a series as soon as that member of the series is done, by whichever job gets there.
+same layer of the series' 4x member, or of its reference_width member: its model's own, or the
+sweep's) is applied to every done member of a series as soon as that member of the series is
+done, by whichever job gets there.
 
 A sweep with epochs_after trains one run per (series, width, trial) past its epochs setting,
 keeping the weights of each epoch analysed (RUN/epoch-N.pt); its members, one per epoch, are
@@ -94,11 +95,11 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, shard: Shard = Shard(
             run_member(config, member, member_path(out_dir, member), data_dir=data_dir, device=device, quiet=quiet)
         except FuFastError as e:
             raise FuFastError(f"sweep member {member.dir}: {e}") from None
-        normalize_series(out_dir, members, member.series, config.reference_width)
+        normalize_series(out_dir, members, member.series, config.reference_width_of(member.model))
         if on_member is not None:
             on_member(member, "done")
-    for series in sorted({m.series for m in members}):
-        normalize_series(out_dir, members, series, config.reference_width)
+    for series, model in sorted({(m.series, m.model) for m in members}):
+        normalize_series(out_dir, members, series, config.reference_width_of(model))
     return write_sweep(out_dir, config, members)
 
 
