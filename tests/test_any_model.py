@@ -121,6 +121,32 @@ def test_inner_layers_of_a_residual_mlp_equal_the_naive_path():
         "blocks.0.1": "stem", "blocks.1.0": "stem", "blocks.1.2": "stem"}
 
 
+def count_forwards(model):
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def test_the_children_of_a_plain_sequential_are_cut_points_without_a_check():
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 4)).double().eval()
+    x = torch.randn(30, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    assert check_equals_naive(model, x, ["1"], "position").layers["1"].expanded_at == "1"
+    forwards = count_forwards(model[0])   # a hook on a child: the model's own forward is unchanged
+    fu_fast.analyze(model, x, layers=["1"], batch_size=30)
+    assert len(forwards) == 2   # the probe's and the one batch's: no forwards for a cut-point check
+
+
+def test_a_hook_on_a_sequential_that_adds_a_path_around_its_children_is_found():
+    """A forward hook on the model sees the input: x + f(x) makes no child a cut point."""
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 10)).double().eval()
+    model.register_forward_hook(lambda _m, inputs, output: output + inputs[0])
+    x = torch.randn(30, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    result = check_equals_naive(model, x, ["1"], "position")
+    assert result.layers["1"].expanded_at is None   # the copies begin at the model input
+
+
 def test_an_in_place_activation_inside_a_block_masks_a_copy_not_the_shortcut():
     """torchvision's ReLU(inplace=True) returns its input: masking it in place would also mask
     what the shortcut reads; the curves equal the naive path's, whose hook returns a new tensor."""

@@ -13,6 +13,7 @@ point the model then returns f(x1) exactly (up to rounding).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -151,17 +152,24 @@ class _Recorder:
 
 
 class _CutPoints:
-    """The cut-point check on a probe batch, each module output checked at most once."""
+    """The cut-point check on a probe batch, each module output checked at most once. The children
+    of a plain nn.Sequential are cut points by construction (its forward hands each child's output
+    to the next and to nothing else), so theirs need no forwards."""
 
-    def __init__(self, forward, probe: torch.Tensor):
-        self.forward, self.probe, self.other = forward, probe, _other_input(probe)
-        self.known: dict[tuple[str, int | None], bool] = {}
+    def __init__(self, model: nn.Module, forward, probe: torch.Tensor):
+        self.forward, self.probe = forward, probe
+        self.known: dict[tuple[str, int | None], bool] = dict.fromkeys(
+            ((name, None) for name in _chain_children(model)), True)
 
     def __call__(self, site: Site) -> bool:
         key = (site.name, site.call)
         if key not in self.known:
             self.known[key] = self._check(site)
         return self.known[key]
+
+    @functools.cached_property
+    def other(self) -> torch.Tensor:
+        return _other_input(self.probe)
 
     def _check(self, site: Site) -> bool:
         captured = {}
@@ -178,6 +186,16 @@ class _CutPoints:
             substituted = self.forward(self.other)
         scale = float(reference.abs().max()) if reference.numel() else 0.0
         return bool(torch.allclose(substituted, reference, rtol=1e-4, atol=1e-5 * scale + 1e-6))
+
+
+def _chain_children(model: nn.Module) -> list[str]:
+    """The children of a model whose forward is nn.Sequential's, unchanged by hooks on the model
+    (a hook on it sees the input and could add a path around the children); else none."""
+    hooked = (model._forward_hooks or model._forward_pre_hooks or nn.modules.module._global_forward_hooks
+              or nn.modules.module._global_forward_pre_hooks)
+    if type(model).forward is not nn.Sequential.forward or hooked:
+        return []
+    return [name for name, _ in model.named_children()]
 
 
 def _other_input(x: torch.Tensor) -> torch.Tensor:
@@ -214,7 +232,7 @@ def resolve(model: nn.Module, probe: torch.Tensor, names: list[str] | None, unit
     if names is None:
         names = model_layers(model)
         explicit = names is not None
-    cut_points = _CutPoints(forward, probe)
+    cut_points = _CutPoints(model, forward, probe)
     need_cut_point = set()   # default activations are analysed where they are cut points only
     if names is None:
         names, need_cut_point = default_layers(model, recorder, recorder.outputs.get(id(output)))
