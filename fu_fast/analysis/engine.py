@@ -79,7 +79,7 @@ def analyze(model: nn.Module, data, *, layers: Sequence[str] | None = None,
         seed: determines the masks and the position sample; nothing else is random.
         device: where to run (default: where the model's parameters are).
         batch_size: rows per batch for tensors and Datasets; results do not depend on it.
-            Default: on the CPU, rows whose masked copies take about 32 MiB; on a GPU, 128.
+            Default: on the CPU, rows whose masked copies take about 64 MiB; on a GPU, 128.
         precision: "fp32" (true float32: TF32 off for matrix products and convolutions),
             "tf32" (TF32 tensor cores on a GPU; no effect on the CPU) or "bf16" (autocast to
             bfloat16). Base labels and ablated passes always share it. Default: the model's
