@@ -191,8 +191,10 @@ class _CutPoints:
 def _chain_children(model: nn.Module) -> list[str]:
     """The children of a model whose forward is nn.Sequential's, unchanged by hooks on the model
     (a hook on it sees the input and could add a path around the children); else none."""
-    hooked = (model._forward_hooks or model._forward_pre_hooks or nn.modules.module._global_forward_hooks
-              or nn.modules.module._global_forward_pre_hooks)
+    # Global hooks (register_module_forward_hook) run on every module, this one too.
+    hooked = any(getattr(owner, name, None) for owner, name in (
+        (model, "_forward_hooks"), (model, "_forward_pre_hooks"),
+        (nn.modules.module, "_global_forward_hooks"), (nn.modules.module, "_global_forward_pre_hooks")))
     if type(model).forward is not nn.Sequential.forward or hooked:
         return []
     return [name for name, _ in model.named_children()]
