@@ -212,8 +212,8 @@ def _figure_files(folder, name):
 # ---------------------------------------------------------------------------------------- figures
 
 def test_each_preset_draws_its_paper_figures_as_png_and_pdf(mlp, inception_layer, inception):
-    expected = {mlp[0]: ["fig4d", "figE1-E3_complements"], inception_layer[0]: ["figE5"],
-                inception[0]: ["fig1a_accuracy", "fig3ab", "figE1-E3_complements", "figE4_prunability",
+    expected = {mlp[0]: ["fig4d", "figE2-E3_complements"], inception_layer[0]: ["figE5"],
+                inception[0]: ["fig1a_accuracy", "fig3ab", "figE2-E3_complements", "figE4_prunability",
                                "figE4_redundancy"]}
     every_paper_figure = set(paper.ALL_FIGURES)
     for root, names in expected.items():
@@ -249,7 +249,7 @@ def test_fig4d_log_axes_gain_labels_and_plotted_means(mlp):
 
 def test_complements_are_one_minus_the_frivolous_share(mlp):
     root, members = mlp
-    fig = paper.render(paper.FIG_E1_E3, load_sweep(root))
+    fig = paper.render(paper.FIG_E2_E3, load_sweep(root))
     for ax, quantity in zip(fig.get_axes(), ["prunability", "redundancy"]):
         assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
         assert "1 - " in ax.get_ylabel()
@@ -332,10 +332,12 @@ def test_a_toml_sweep_gets_the_default_layout_and_stale_figures_go(inception, tm
     shutil.copytree(inception[0], root)
     record = json.loads((root / "sweep.json").read_text())
     (root / "sweep.json").write_text(json.dumps({**record, "name": "my $x^$ sweep"}))   # no math mode in titles
+    for former in paper.FORMER_NAMES:   # a figure an earlier version wrote under another name
+        (root / "report" / f"{former}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     folder = write_report(root)
     for name in ("paper_width_series", "paper_layers_prunability", "paper_layers_redundancy"):
         assert _figure_files(folder, name)
-    for name in ("fig1a_accuracy", "fig3ab", "figE4_prunability"):   # the old name's figures
+    for name in ("fig1a_accuracy", "fig3ab", "figE4_prunability", *paper.FORMER_NAMES):   # the old name's figures
         assert not (folder / f"{name}.png").exists() and not (folder / f"{name}.pdf").exists()
     axes = paper.render(paper.DEFAULT_FIGURES[0], load_sweep(root)).get_axes()
     assert [ax.get_title().split("\n")[0] for ax in axes] == ["Prunability", "Redundancy", "Non-prunable units",

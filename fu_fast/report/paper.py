@@ -111,7 +111,8 @@ FIG3 = _frivolous("fig3ab", "Fig. 3a-b", "the network (mean over layers)")
 FIG4 = _frivolous("fig4", "Fig. 4", "input dimension and initialisation")
 FIG4C = _frivolous("fig4c", "Fig. 4c", "initialisations")
 FIG4D = _frivolous("fig4d", "Fig. 4d", "10-dimensional inputs, initialisations")
-FIG_E1_E3 = FigureSpec("figE1-E3_complements", "Figs. E1-E3", "Non-frivolous units: the shares of units that are "
+# Figs. E2-E3: the non-frivolous units (Fig. E1, the parameters, is the report's parameters figure).
+FIG_E2_E3 = FigureSpec("figE2-E3_complements", "Figs. E2-E3", "Non-frivolous units: the shares of units that are "
                        "not prunable, not redundant (1 - share)", (NON_PRUNABLE, NON_REDUNDANT))
 
 
@@ -130,25 +131,25 @@ FIG_E10 = _frivolous("figE10", "Fig. E10", "batch size and learning rate scaled 
 FIG_E11 = _frivolous("figE11", "Fig. E11", "batch size and learning rate scaled by k")
 FIG_E12 = _frivolous("figE12", "Fig. E12", "a line per epochs past convergence")
 
-# A TOML sweep (or a preset without paper figures): the paper's width-series layout (Figs. 3 and E1-E3)
+# A TOML sweep (or a preset without paper figures): the paper's width-series layout (Figs. 3 and E2-E3)
 # and the per-layer panels of Fig. E4.
 DEFAULT_FIGURES = (
-    FigureSpec("paper_width_series", "Figs. 3, E1-E3 (layout)", "Frivolous and non-frivolous units vs width",
+    FigureSpec("paper_width_series", "Figs. 3, E2-E3 (layout)", "Frivolous and non-frivolous units vs width",
                (PRUNABILITY, REDUNDANCY, NON_PRUNABLE, NON_REDUNDANT), columns=2),
 ) + _per_layer("paper_layers", "Fig. E4 (layout)", "every analysed layer")
 
 # The presets (fu_fast.sweep.PRESETS, their "figures" metadata) and the paper's figures they draw; the
-# complements (Figs. E1-E3) go with the width series of Figs. 3 and 4.
+# complements (Figs. E2-E3) go with the width series of Figs. 3 and 4.
 PRESET_FIGURES: dict[str, tuple[FigureSpec, ...]] = {
-    "mlp-synthetic": (FIG4, FIG_E1_E3),
-    "mlp-synthetic-10d": (FIG4D, FIG_E1_E3),
+    "mlp-synthetic": (FIG4, FIG_E2_E3),
+    "mlp-synthetic-10d": (FIG4D, FIG_E2_E3),
     "mlp-synthetic-optimizers": (FIG_E9,),
     "alexnet-cifar-unregularized": (FIG1C, FIG2),
-    "alexnet-cifar-init": (FIG4C, FIG_E1_E3) + FIG_E6,
+    "alexnet-cifar-init": (FIG4C, FIG_E2_E3) + FIG_E6,
     "cifar-k": (FIG_E11,),
     "resnet18-imagenet-k": (FIG_E10,),
     "resnet18-imagenet-epochs": (FIG_E12,),   # and the epochs figure (fu_fast.report.epochs, in FIGURES)
-    "inception-v3": (FIG1A, FIG3, FIG_E1_E3) + FIG_E4,
+    "inception-v3": (FIG1A, FIG3, FIG_E2_E3) + FIG_E4,
     "inception-v3-layer": (FIG_E5,),
 }
 
@@ -156,13 +157,15 @@ PRESET_FIGURES: dict[str, tuple[FigureSpec, ...]] = {
 # table does not know yet.
 FIGURE_IDS: dict[str, tuple[FigureSpec, ...]] = {
     "1a": (FIG1A,), "1c": (FIG1C,), "2": (FIG2,), "3": (FIG3,), "3a": (FIG3,), "3b": (FIG3,),
-    "4": (FIG4,), "4c": (FIG4C,), "4d": (FIG4D,), "E1": (FIG_E1_E3,), "E2": (FIG_E1_E3,), "E3": (FIG_E1_E3,),
+    "4": (FIG4,), "4c": (FIG4C,), "4d": (FIG4D,), "E2": (FIG_E2_E3,), "E3": (FIG_E2_E3,),
     "E4": FIG_E4, "E5": (FIG_E5,), "E6": FIG_E6, "E9": (FIG_E9,), "E10": (FIG_E10,), "E11": (FIG_E11,),
     "E12": (FIG_E12,),
 }
 
 ALL_FIGURES = {spec.name: spec for specs in (*PRESET_FIGURES.values(), *FIGURE_IDS.values(), DEFAULT_FIGURES)
                for spec in specs}
+# Files earlier versions wrote under other names, removed like a figure no longer drawn.
+FORMER_NAMES = ("figE1-E3_complements",)
 
 
 def figures_for(name: str) -> tuple[FigureSpec, ...]:
@@ -448,7 +451,7 @@ def write_paper_figures(sweep: Sweep, out_dir: Path) -> list[FigureSpec]:
             save_figure(fig, out_dir, spec.name)
             written.append(spec)
     drawn = {spec.name for spec in written}
-    for name in ALL_FIGURES:
+    for name in (*ALL_FIGURES, *FORMER_NAMES):
         if name not in drawn:
             for ext in ("png", "pdf"):
                 (out_dir / f"{name}.{ext}").unlink(missing_ok=True)
