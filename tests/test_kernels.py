@@ -272,8 +272,9 @@ def _accumulate(batches, channels):
                                                   # large enough for the multi-threaded paths
                                                   ((40, 37, 8, 8), False), ((40, 37, 8, 8), True),
                                                   ((3000, 65), False),
-                                                  # whole panels of 8 units, several blocks of 256 samples
-                                                  ((700, 128), False), ((9, 16, 8, 8), False),
+                                                  # whole panels of 8 units, several blocks of 256 samples,
+                                                  # several spans of samples (each in L2 for all panel pairs)
+                                                  ((700, 128), False), ((1200, 300), False), ((9, 16, 8, 8), False),
                                                   ((9, 16, 8, 8), True)])
 def test_covariance_accumulate_matches_numpy(dtype, shape, channels_last, generator):
     channels = shape[1]

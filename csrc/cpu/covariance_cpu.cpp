@@ -13,6 +13,7 @@ namespace {
 // the float64 rate of the core instead of the cache's.
 constexpr int64_t kPanel = 8;    // one 512-bit (or two 256-bit) vectors of doubles
 constexpr int64_t kDepth = 256;  // samples per cache block: a panel's block is 16 KiB, L1-sized
+constexpr int64_t kSpanBytes = 512 << 10;  // the panels of a span of samples: half a typical L2
 
 typedef double Vec __attribute__((vector_size(kPanel * sizeof(double))));
 
@@ -35,24 +36,37 @@ void outer_product_block(const double* a, const double* b, int64_t depth, double
 
 // Adds the packed samples' co-moment, plus weight * delta delta^T (Chan et al.'s correction
 // for the moved mean), to the symmetric state[C * C]: each pair of panels is one block of
-// outer products, computed once for the upper triangle and mirrored.
+// outer products, computed once for the upper triangle and mirrored. The samples are taken
+// in spans whose panels fit the L2 cache together, each span read from memory once for all
+// the pairs of panels (a pass over every sample per pair would stream them from memory).
 void add_cross_products(const double* panels, int64_t channels, int64_t samples, const double* delta,
                         double weight, double* state) {
   const int64_t count = (channels + kPanel - 1) / kPanel;
-#pragma omp parallel for schedule(dynamic, 1) if (channels * channels * samples > (1 << 20))
-  for (int64_t ip = 0; ip < count; ++ip) {
-    std::vector<double> blocks((count - ip) * kPanel * kPanel, 0.0);
-    for (int64_t t0 = 0; t0 < samples; t0 += kDepth) {
-      const int64_t depth = std::min(kDepth, samples - t0);
-      const double* a = panels + (ip * samples + t0) * kPanel;
-      for (int64_t jp = ip; jp < count; ++jp)
-        outer_product_block(a, panels + (jp * samples + t0) * kPanel, depth,
-                            blocks.data() + (jp - ip) * kPanel * kPanel);
+  const int64_t span = std::max(kDepth, kSpanBytes / (count * kPanel * static_cast<int64_t>(sizeof(double))) /
+                                            kDepth * kDepth);
+  // The block of panels (ip, jp >= ip) starts at pair_offset(ip) + (jp - ip) blocks.
+  auto pair_offset = [count](int64_t ip) { return (ip * count - ip * (ip - 1) / 2) * kPanel * kPanel; };
+  std::vector<double> blocks(pair_offset(count), 0.0);
+  const bool parallel = channels * channels * samples > (1 << 20);
+  for (int64_t s0 = 0; s0 < samples; s0 += span) {
+    const int64_t s1 = std::min(samples, s0 + span);
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
+    for (int64_t ip = 0; ip < count; ++ip) {
+      for (int64_t t0 = s0; t0 < s1; t0 += kDepth) {
+        const int64_t depth = std::min(kDepth, s1 - t0);
+        const double* a = panels + (ip * samples + t0) * kPanel;
+        for (int64_t jp = ip; jp < count; ++jp)
+          outer_product_block(a, panels + (jp * samples + t0) * kPanel, depth,
+                              blocks.data() + pair_offset(ip) + (jp - ip) * kPanel * kPanel);
+      }
     }
+  }
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
+  for (int64_t ip = 0; ip < count; ++ip) {
     // Block by block, so that the mirrored writes of a block fill whole cache lines.
     const int64_t rows = std::min(kPanel, channels - ip * kPanel);
     for (int64_t jp = ip; jp < count; ++jp) {
-      const double* block = blocks.data() + (jp - ip) * kPanel * kPanel;
+      const double* block = blocks.data() + pair_offset(ip) + (jp - ip) * kPanel * kPanel;
       const int64_t cols = std::min(kPanel, channels - jp * kPanel);
       for (int64_t i = 0; i < rows; ++i) {
         const int64_t row = ip * kPanel + i;
