@@ -67,6 +67,7 @@ from ..analysis.noise import check_levels
 from ..analysis.orders import check_orders
 from ..analysis.settings import AnalysisSettings
 from ..errors import FuFastError
+from ..hooks import forward_hooks
 from ..train import TrainConfig
 
 MODEL_OPTIONS = ("init", "dropout", "num_classes", "input_size")
@@ -726,13 +727,8 @@ def _check_layers(name: str, width: float, options: str, layers: tuple) -> None:
             calls[module_name] += 1
         return hook
 
-    handles = [module.register_forward_hook(count(module_name)) for module_name, module in modules.items()]
-    try:
-        with torch.no_grad():
-            model(probe)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with torch.no_grad(), forward_hooks([(module, count(module_name)) for module_name, module in modules.items()]):
+        model(probe)
     for layer in layers:
         module_name, at, call = layer.rpartition("@") if "@" in layer else (layer, "", "")
         if module_name not in modules or not module_name:
