@@ -88,9 +88,11 @@ def test_the_expansion_buffer_is_one_allocation_in_the_layout_of_each_batch():
     assert small.shape == (12, 3, 4, 4) and small.data_ptr() == big.data_ptr() == last.data_ptr()
     assert last.shape == (30, 3, 4, 4) and not last.is_contiguous()
     assert last.is_contiguous(memory_format=torch.channels_last)
-    # More copies, or another dtype, need a new allocation.
-    assert buffer.copies_of(torch.zeros(5, 3, 4, 4), 7).shape == (35, 3, 4, 4)
+    # More copies need a new allocation; another dtype has its own, and the first one stays.
+    grown = buffer.copies_of(torch.zeros(5, 3, 4, 4), 7)
+    assert grown.shape == (35, 3, 4, 4)
     assert buffer.copies_of(torch.zeros(5, 3, dtype=torch.float64), 2).dtype == torch.float64
+    assert buffer.copies_of(torch.zeros(5, 3, 4, 4), 7).data_ptr() == grown.data_ptr()
 
 
 def test_conv_units_and_uncapped_redundancy_equal_numpy_pca():

@@ -54,16 +54,18 @@ class ExpansionBuffer:
     the next pass begins, so each pass may overwrite the last one's."""
 
     def __init__(self):
-        self._storage: torch.Tensor | None = None
+        # One allocation per dtype and device: under autocast, layers of one pass may differ in dtype.
+        self._storage: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 
     def copies_of(self, x: torch.Tensor, copies: int) -> torch.Tensor:
         """A (copies * B, ...) tensor in x's layout (channels_last for a channels_last 4-d x, as the
         kernels write it), a view of the buffer, which grows when it must."""
         numel = copies * x.numel()
-        storage = self._storage
-        if storage is None or storage.numel() < numel or storage.dtype != x.dtype or storage.device != x.device:
-            self._storage = None   # released before the larger one is made
-            storage = self._storage = torch.empty(numel, dtype=x.dtype, device=x.device)
+        key = (x.dtype, x.device)
+        storage = self._storage.get(key)
+        if storage is None or storage.numel() < numel:
+            self._storage.pop(key, None)   # released before the larger one is made
+            storage = self._storage[key] = torch.empty(numel, dtype=x.dtype, device=x.device)
         shape = (copies * x.shape[0],) + tuple(x.shape[1:])
         if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
             n, c, h, w = shape
