@@ -116,6 +116,19 @@ def test_expand_refuses_an_out_of_another_shape_dtype_or_layout(generator):
 BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}   # element size -> integer type of its bits
 
 
+def special_bits(dtype: torch.dtype) -> torch.Tensor:
+    """(4, 53) random bits of ``dtype`` as integers, with NaN payloads, signalling NaNs and infinities
+    (units 0-15: exponent all ones), -0.0 (unit 16) and the smallest subnormal (unit 17)."""
+    integer = BITS[dtype.itemsize]
+    limits = torch.iinfo(integer)
+    original = torch.randint(limits.min, limits.max, (4, 53), dtype=integer,
+                             generator=torch.Generator().manual_seed(dtype.itemsize))
+    original[:, :16] |= torch.tensor(float("inf"), dtype=dtype).view(integer)   # exponent all ones: NaN, inf
+    original[:, 16] = limits.min                                               # -0.0
+    original[:, 17] = 1                                                        # the smallest subnormal
+    return original
+
+
 def bits(x: torch.Tensor) -> torch.Tensor:
     """x's elements as the integers of their bits: -0.0 differs from +0.0, a NaN equals its own bits."""
     return x.view(BITS[x.element_size()])
@@ -194,13 +207,7 @@ def test_mask_rows_keeps_every_bit_it_does_not_ablate(dtype):
     """NaN payloads, signalling NaNs, infinities, -0.0 and subnormals pass unchanged through a
     copy with threshold 0 and through the kept units of a partial mask (the kernel never computes
     with the values); ablated elements become +0.0 whatever they held."""
-    integer = BITS[dtype.itemsize]
-    limits = torch.iinfo(integer)
-    original = torch.randint(limits.min, limits.max, (4, 53), dtype=integer,
-                             generator=torch.Generator().manual_seed(dtype.itemsize))
-    original[:, :16] |= torch.tensor(float("inf"), dtype=dtype).view(integer)   # exponent all ones: NaN, inf
-    original[:, 16] = limits.min                                               # -0.0
-    original[:, 17] = 1                                                        # the smallest subnormal
+    original = special_bits(dtype)
     units = original.shape[1]
     keys, thresholds = [7, 7], [0, units // 2]           # copy 0 (rows 0, 1) untouched, copy 1 half ablated
     out = kernels.mask_rows(original.clone().view(dtype), keys, thresholds, 1)
@@ -576,12 +583,7 @@ def test_noise_keeps_every_bit_where_its_standard_deviation_is_0(dtype):
     infinities, -0.0 and subnormals, expanded and in place; elsewhere NaN stays NaN and an infinity
     stays that infinity."""
     integer = BITS[dtype.itemsize]
-    limits = torch.iinfo(integer)
-    original = torch.randint(limits.min, limits.max, (4, 53), dtype=integer,
-                             generator=torch.Generator().manual_seed(dtype.itemsize))
-    original[:, :16] |= torch.tensor(float("inf"), dtype=dtype).view(integer)   # exponent all ones: NaN, inf
-    original[:, 16] = limits.min                                               # -0.0
-    original[:, 17] = 1                                                        # the smallest subnormal
+    original = special_bits(dtype)
     original[:, 18:22] = torch.tensor([float("inf"), float("inf"), -float("inf"), -float("inf")],
                                       dtype=dtype).view(integer)
     x = original.view(dtype)
