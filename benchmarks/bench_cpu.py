@@ -86,7 +86,6 @@ class Case:
     settings: dict = field(default_factory=dict)
     levels: int = LEVELS
     mask_repeats: int = MASK_REPEATS
-    chain: bool = True            # a chain of children (the floor splits it at each layer)
     check_examples: int | None = None   # at most this many examples in the float64 check
 
 
@@ -137,7 +136,7 @@ def resnet18_case(quick: bool, generator: torch.Generator, batch_size: int) -> C
     return Case("resnet18", f"torchvision ResNet18, {examples} images {size}x{size}x3, layers "
                 f"layer1.0.conv1 ... layer4.1.conv1 (inside the blocks, not cut points)",
                 model, inputs, layers, batch_size, 2.0, {"examples": examples, "image_size": size},
-                levels=11, mask_repeats=2, chain=False, check_examples=4)
+                levels=11, mask_repeats=2, check_examples=4)
 
 
 # ----------------------------------------------------------------------------- the two paths
@@ -243,12 +242,13 @@ def run_engine(case: Case, inputs: torch.Tensor, model: nn.Module):
 
 
 @torch.inference_mode()
-def run_floor(case: Case, inputs: torch.Tensor, model: nn.Sequential, units: dict[str, int]) -> float | None:
+def run_floor(case: Case, inputs: torch.Tensor, model: nn.Module, units: dict[str, int]) -> float | None:
     """Seconds of what any one-pass analysis must compute: one plain forward over the data (base
     labels, activations), plus, per layer, the part of the model after it on the engine's masked
     copies of its output (made beforehand, untimed). The zoo's mlp and alexnet are chains, so the
-    part after a layer is the slice of children after it; other models have no floor here."""
-    if not case.chain:
+    part after a layer is the slice of children after it; other models (not an nn.Sequential)
+    have no floor here."""
+    if not isinstance(model, nn.Sequential):
         return None
     names, children = zip(*model.named_children())
     batches = inputs.split(case.batch_size)

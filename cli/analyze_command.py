@@ -14,7 +14,7 @@ from fu_fast.atomic import check_writable_file
 from fu_fast.analysis.settings import DEFAULTS, HELP
 from fu_fast.errors import FuFastError
 
-from .console import ProgressBar, err, out, user_errors
+from .console import ProgressBar, comma_list, err, out, user_errors
 from .data_command import fetch_if_asked
 
 
@@ -100,7 +100,8 @@ def analyze(
     from fu_fast.analysis import noise as noise_lib
     from fu_fast.analysis import orders as order_lib
     order_list = list(order_lib.check_orders(["random", *(o for o in orders or () if o != "random")]))
-    noise_list = noise_lib.check_levels(_number_list(noise_levels, "--noise-levels"))
+    noise_list = noise_lib.check_levels(comma_list(noise_levels, float, "--noise-levels takes comma-separated "
+                                                                         "numbers, e.g. 0,0.5,1, got "))
     if batch_size is not None and batch_size < 1:
         raise FuFastError(f"--batch-size must be positive, got {batch_size}")
     if workers is not None and workers < 0:
@@ -177,16 +178,6 @@ def _build_external(model: str, *, width, checkpoint, weights, num_classes, imag
     if data in ("cifar10", "imagenet") and "input_size" not in net.fu_fast_config["options"]:
         raise FuFastError(f"{model} declares no image size: say it with --image-size N for {data} images")
     return net
-
-
-def _number_list(text: str | None, flag: str) -> list[float] | None:
-    """"0,0.5,1" -> [0.0, 0.5, 1.0]; FuFastError naming the flag for anything else."""
-    if text is None:
-        return None
-    try:
-        return [float(part) for part in text.split(",")]
-    except ValueError:
-        raise FuFastError(f"{flag} takes comma-separated numbers, e.g. 0,0.5,1, got {text!r}") from None
 
 
 def _check_agrees_with_checkpoint(config: dict, flags: dict) -> None:

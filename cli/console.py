@@ -20,6 +20,17 @@ err = Console(stderr=True, soft_wrap=True, emoji=False)   # messages are never b
 RESUMABLE_COMMANDS = ("train", "sweep")      # a rerun of the same command continues where it stopped
 
 
+def comma_list(text: str | None, convert, refusal: str) -> list | None:
+    """An option's "10,20,30" as [convert(part), ...], None when not given; FuFastError(refusal + the
+    text) when a part does not convert."""
+    if text is None:
+        return None
+    try:
+        return [convert(part) for part in text.split(",")]
+    except ValueError:
+        raise FuFastError(f"{refusal}{text!r}") from None
+
+
 def _warning_line(message, *_location) -> None:
     """A warning is one `warning: ...` line on stderr, without Python's file and source lines."""
     err.print(f"warning: {message}", highlight=False, markup=False)

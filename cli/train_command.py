@@ -8,9 +8,8 @@ from typing import Optional
 import typer
 
 from fu_fast.atomic import check_writable_dir
-from fu_fast.errors import FuFastError
 
-from .console import err, user_errors
+from .console import comma_list, err, user_errors
 from .data_command import fetch_if_asked
 
 
@@ -68,25 +67,17 @@ def train(
     data_name = data or models.entry(model).training["data"]
     options = data_lib.fit_model_options(data_name, model, options)
     fetch_if_asked(download, data_name, data_dir)
+    # checked further by TrainConfig.resolve
+    kept_epochs = comma_list(save_epochs, int, "--save-epochs must be epochs separated by commas, e.g. 10,20,30; got ")
     config = TrainConfig(model=model, width=width, model_options=options, data=data,
                          data_dir=str(data_dir) if data_dir else None, input_dim=input_dim,
                          random_labels=random_labels, data_seed=data_seed, augment=augment, optimizer=optimizer,
                          lr=lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
                          batch_size=batch_size, k=k, epochs=epochs, patience=patience, seed=seed, device=device,
                          amp=amp, channels_last=channels_last, compile=compile, workers=workers,
-                         save_every=save_every, save_epochs=_epochs(save_epochs))
+                         save_every=save_every, save_epochs=kept_epochs)
     record = run_training(config, out_dir, quiet=quiet)
     last = record["epochs"][-1] if record["epochs"] else {}
     accuracies = ", ".join(f"{k.removesuffix('_accuracy')} {v:.4f}" for k, v in last.items() if k.endswith("_accuracy"))
     err.print(f"{out_dir}: {len(record['epochs'])} epochs, best epoch {record['best_epoch']}"
               f"{', stopped early' if record['stopped_early'] else ''}; last: {accuracies}", highlight=False)
-
-
-def _epochs(text: str | None) -> list[int] | None:
-    """--save-epochs 10,20,30 as a list of epochs (checked further by TrainConfig.resolve)."""
-    if text is None:
-        return None
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise FuFastError(f"--save-epochs must be epochs separated by commas, e.g. 10,20,30; got {text!r}") from None

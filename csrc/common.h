@@ -18,6 +18,7 @@ typedef unsigned long long uint64_t;
 #else
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #endif
 
 #if defined(__CUDACC__)
@@ -185,5 +186,28 @@ FU_FAST_HD void copy_element(const void* src, int64_t from, void* dst, int64_t t
     default: static_cast<uint64_t*>(dst)[to] = static_cast<const uint64_t*>(src)[from]; break;
   }
 }
+
+// data[i] = +0.0 (all bits zero, +0.0 in every IEEE format) for elements of `size` bytes (2, 4 or 8).
+FU_FAST_HD void zero_element(void* data, int64_t i, int size) {
+  switch (size) {
+    case 2: static_cast<uint16_t*>(data)[i] = 0; break;
+    case 4: static_cast<uint32_t*>(data)[i] = 0u; break;
+    default: static_cast<uint64_t*>(data)[i] = 0ull; break;
+  }
+}
+
+#if !defined(__CUDACC_RTC__)
+// Calls kernel(std::integral_constant<DType, dtype>{}): the host kernels template on the dtype
+// so that load_as_double and store_from_double inline without a switch per element.
+template <typename Kernel>
+void with_dtype(DType dtype, Kernel kernel) {
+  switch (dtype) {
+    case DType::Float32: kernel(std::integral_constant<DType, DType::Float32>{}); break;
+    case DType::Float64: kernel(std::integral_constant<DType, DType::Float64>{}); break;
+    case DType::BFloat16: kernel(std::integral_constant<DType, DType::BFloat16>{}); break;
+    case DType::Float16: kernel(std::integral_constant<DType, DType::Float16>{}); break;
+  }
+}
+#endif
 
 }  // namespace fu_fast

@@ -70,10 +70,6 @@ FU_FAST_HD double noise_normal(uint64_t seed, uint64_t element_hash) {
   return mul_rn(sqrt(mul_rn(-2.0, log(u1))), cos(mul_rn(kTwoPi, u2)));
 }
 
-FU_FAST_HD double normal(uint64_t key, int64_t example, int64_t element) {
-  return noise_normal(noise_seed(key, example), noise_element_hash(element));
-}
-
 // The noisy value of one element: x + (scale * unit_std) * n, each operation rounded in double
 // (sigma = scale * unit_std is the caller's), then rounded to the dtype by store_from_double.
 FU_FAST_HD double add_noise(double x, double sigma, double n) { return add_rn(x, mul_rn(sigma, n)); }

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from . import kernels, reference
+from .kernels import as_bits, noise_differences
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 # (shape, units are channels, channels_last): a linear output, an odd conv output in both
@@ -111,31 +112,12 @@ def _noise_inputs(x: torch.Tensor, keys: list[int], inner: int, generator) -> tu
     return keys[:len(NOISE_SCALES)], list(NOISE_SCALES), unit_std, 2**32 + 5
 
 
-def _noise_differences(got: torch.Tensor, expected: torch.Tensor, source: torch.Tensor, scales) -> str | None:
-    """Why noisy copies differ from the expected ones beyond the tolerance, or None: copies of scale
-    0 must be the source bit for bit."""
-    batch = source.shape[0] // len(scales)
-    for k, scale in enumerate(scales):
-        rows = slice(k * batch, (k + 1) * batch)
-        if scale == 0 and not torch.equal(_bits(got[rows].cpu().contiguous()), _bits(source[rows].contiguous())):
-            return f"copy {k} (scale 0) is not the input bit for bit"
-    close = kernels.noise_close(got, expected, source)
-    if not close.all():
-        return f"{int((~close).sum())} elements beyond the noise tolerance"
-    return None
-
-
 def _stacked_copies(x: torch.Tensor, count: int) -> torch.Tensor:
     """count copies of x stacked along the batch, in x's memory format: a batch expanded before the
     layer where mask_rows masks it."""
     channels_last = x.dim() == 4 and not x.is_contiguous()
     return torch.cat([x] * count).contiguous(memory_format=torch.channels_last if channels_last
                                              else torch.contiguous_format)
-
-
-def _bits(x: torch.Tensor) -> torch.Tensor:
-    """The elements' bits as integers: -0.0 differs from +0.0, and NaN equals the same NaN."""
-    return x.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()])
 
 
 def _agreement_inputs(generator):
@@ -207,16 +189,16 @@ def _cpu_checks() -> Iterator[Check]:
             expected = reference.mask_rows(copies, keys, thresholds, inner)
             masked = kernels.mask_rows(copies, keys, thresholds, inner)
             _expect(masked is copies, f"in-place masking of {tuple(x.shape)} {x.dtype} made a copy")
-            _expect(torch.equal(_bits(masked), _bits(expected)), f"in-place masking of {tuple(x.shape)} {x.dtype}")
+            _expect(torch.equal(as_bits(masked), as_bits(expected)), f"in-place masking of {tuple(x.shape)} {x.dtype}")
             # Keyed noise against the float64 reference, and the in-place twin against the expansion.
             noise_keys, scales, unit_std, first = _noise_inputs(x, keys, inner, generator)
             noisy = kernels.expand_noise(x, noise_keys, scales, unit_std, inner, first)
             stacked = _stacked_copies(x, len(scales))
-            why = _noise_differences(noisy, reference.expand_noise(x, noise_keys, scales, unit_std, inner, first),
+            why = noise_differences(noisy, reference.expand_noise(x, noise_keys, scales, unit_std, inner, first),
                                      stacked, scales)
             _expect(why is None, f"noise of {tuple(x.shape)} {x.dtype}: {why}")
             in_place = kernels.noise_rows(stacked, noise_keys, scales, unit_std, inner, first)
-            _expect(in_place is stacked and torch.equal(_bits(in_place.contiguous()), _bits(noisy.contiguous())),
+            _expect(in_place is stacked and torch.equal(as_bits(in_place.contiguous()), as_bits(noisy.contiguous())),
                     f"in-place noise of {tuple(x.shape)} {x.dtype}")
         return f"{len(EXPANSION_CASES)} layouts x {len(DTYPES)} dtypes, masked and noisy, expanded and in place"
 
@@ -264,7 +246,7 @@ def _gpu_checks(device: torch.device) -> Iterator[Check]:
             on_device = copies.to(device)
             masked = kernels.mask_rows(on_device, keys, thresholds, inner)
             _expect(masked is on_device, f"in-place masking of {tuple(x.shape)} {x.dtype} made a copy")
-            _expect(torch.equal(_bits(masked.cpu()), _bits(kernels.mask_rows(copies, keys, thresholds, inner))),
+            _expect(torch.equal(as_bits(masked.cpu()), as_bits(kernels.mask_rows(copies, keys, thresholds, inner))),
                     f"in-place masking of {tuple(x.shape)} {x.dtype}")
             # Keyed noise against the CPU kernel (within the tolerance), expanded and in place.
             noise_keys, scales, unit_std, first = _noise_inputs(x, keys, inner, generator)
@@ -273,12 +255,12 @@ def _gpu_checks(device: torch.device) -> Iterator[Check]:
             _expect(on_gpu.is_contiguous(memory_format=torch.channels_last if x.dim() == 4 and not x.is_contiguous()
                                          else torch.contiguous_format), "memory format kept by the noise")
             stacked = _stacked_copies(x, len(scales))
-            why = _noise_differences(on_gpu, on_cpu, stacked, scales)
+            why = noise_differences(on_gpu, on_cpu, stacked, scales)
             _expect(why is None, f"noise of {tuple(x.shape)} {x.dtype}: {why}")
             on_device = stacked.to(device)
             in_place = kernels.noise_rows(on_device, noise_keys, scales, unit_std.to(device), inner, first)
             _expect(in_place is on_device, f"in-place noise of {tuple(x.shape)} {x.dtype} made a copy")
-            why = _noise_differences(in_place, on_cpu, stacked, scales)
+            why = noise_differences(in_place, on_cpu, stacked, scales)
             _expect(why is None, f"in-place noise of {tuple(x.shape)} {x.dtype}: {why}")
         # Views 2, 4 and 8 bytes from 16-byte alignment, made on the device: the scalar path.
         for dtype in (torch.float16, torch.float32, torch.float64):
@@ -289,8 +271,8 @@ def _gpu_checks(device: torch.device) -> Iterator[Check]:
                     f"unaligned {dtype}")
             copies = torch.randn(2 * 3 * 64 + 1, generator=generator).to(dtype)
             x = copies.to(device)[1:].view(6, 64)
-            _expect(torch.equal(_bits(kernels.mask_rows(x, [5, 9], [10, 40], 1).cpu()),
-                                _bits(kernels.mask_rows(copies[1:].view(6, 64), [5, 9], [10, 40], 1))),
+            _expect(torch.equal(as_bits(kernels.mask_rows(x, [5, 9], [10, 40], 1).cpu()),
+                                as_bits(kernels.mask_rows(copies[1:].view(6, 64), [5, 9], [10, 40], 1))),
                     f"in-place masking of unaligned {dtype}")
         return "16-byte and scalar paths, channels_last, unaligned rows, expanded and in place; keyed noise"
 

@@ -218,13 +218,9 @@ def _known_answer(backend: str, device: torch.device) -> None:
         if not torch.equal(got.cpu(), expected):
             raise KernelError(f"{name} differs from the CPU kernel")
     for name, (got, expected, source, copy_scales) in noise.items():
-        got, batch = got.cpu(), source.shape[0] // len(copy_scales)
-        unchanged = [k for k, scale in enumerate(copy_scales) if scale == 0]
-        if not all(torch.equal(_bits(got[k * batch:(k + 1) * batch]), _bits(source[k * batch:(k + 1) * batch]))
-                   for k in unchanged):
-            raise KernelError(f"{name}: a copy of scale 0 is not the input bit for bit")
-        if not noise_close(got, expected, source).all():
-            raise KernelError(f"{name} differs from the CPU kernel beyond the noise tolerance")
+        why = noise_differences(got, expected, source, copy_scales)
+        if why is not None:
+            raise KernelError(f"{name} differs from the CPU kernel: {why}")
     for got, expected in zip(gpu_state, cpu_state):
         if not torch.allclose(got.cpu(), expected, rtol=1e-12, atol=1e-12):
             raise KernelError("covariance differs from the CPU kernel")
@@ -296,11 +292,17 @@ def permutation_ranks(key: int, n: int, device: torch.device | str = "cpu", *,
     return ranks
 
 
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether the kernels take x as it lies in NHWC memory, and write its copies so: a channels_last
+    4-d tensor (that is not also contiguous)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def _row_layout(x: torch.Tensor) -> tuple[torch.Tensor, int, int, bool]:
     """(rows in memory, channels, spatial, channels_last) of a layer output: a channels_last
     conv output is used as it lies (the kernels map NHWC elements to NCHW units); anything
     else is made contiguous."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    if is_channels_last(x):
         return x, x.shape[1], x.shape[2] * x.shape[3], True
     src = x.contiguous()
     channels = x.shape[1] if x.dim() > 1 else 1
@@ -323,15 +325,19 @@ def _expansion_output(x: torch.Tensor, copies: int, channels_last: bool, out: to
 
 def _mask_table(keys: list[int], thresholds: list[int], device: torch.device) -> torch.Tensor:
     """The kernels' masks on ``device``: the K keys (as signed int64) then the K thresholds, one
-    int64 tensor. Keys and thresholds go to a GPU with the copy queued on the current stream; the
-    pinned staging buffer lets that copy run asynchronously."""
+    int64 tensor."""
     if len(thresholds) != len(keys):
         # The kernels read one threshold per key: fewer would be read past their end.
         raise FuFastError(f"{len(keys)} mask keys but {len(thresholds)} thresholds")
-    masks = torch.cat([signed_keys(keys), torch.tensor(thresholds, dtype=torch.int64)])
+    return _to_device(torch.cat([signed_keys(keys), torch.tensor(thresholds, dtype=torch.int64)]), device)
+
+
+def _to_device(table: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU table on ``device``: to a GPU with the copy queued on the current stream, from a
+    pinned staging buffer so that the copy runs asynchronously."""
     if device.type == "cuda":
-        masks = masks.pin_memory().to(device, non_blocking=True)
-    return masks
+        return table.pin_memory().to(device, non_blocking=True)
+    return table
 
 
 def expand_masked(x: torch.Tensor, keys: list[int], thresholds: list[int], inner: int, *,
@@ -407,7 +413,7 @@ _MANTISSA_BITS = {torch.float32: 23, torch.float64: 52, torch.bfloat16: 7, torch
 _MIN_EXPONENT = {torch.float32: -126, torch.float64: -1022, torch.bfloat16: -126, torch.float16: -14}
 
 
-def _bits(x: torch.Tensor) -> torch.Tensor:
+def as_bits(x: torch.Tensor) -> torch.Tensor:
     """x's elements as the integers of their bits (-0.0 differs from +0.0, a NaN equals its own bits)."""
     return x.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()])
 
@@ -419,7 +425,7 @@ def noise_close(got: torch.Tensor, expected: torch.Tensor, source: torch.Tensor)
     and source the element before its noise was added. The three tensors have the same shape
     (compared in logical order)."""
     got, expected, source = (t.cpu().contiguous() for t in (got, expected, source))
-    close = torch.eq(_bits(got), _bits(expected))
+    close = torch.eq(as_bits(got), as_bits(expected))
     differ = ~close
     if not differ.any():
         return close
@@ -427,7 +433,7 @@ def noise_close(got: torch.Tensor, expected: torch.Tensor, source: torch.Tensor)
     # Neighbours in the dtype's order (the largest finite value and infinity included) are close.
     ordinals = []
     for t in (got, expected):
-        bits = _bits(t).to(torch.int64)
+        bits = as_bits(t).to(torch.int64)
         magnitude = bits & (2 ** (8 * t.element_size() - 1) - 1)
         ordinals.append(torch.where(bits < 0, -magnitude, magnitude))
     neighbours = ((ordinals[0] - ordinals[1]).abs() <= 1) | (got.isnan() & expected.isnan())
@@ -438,6 +444,21 @@ def noise_close(got: torch.Tensor, expected: torch.Tensor, source: torch.Tensor)
     allowed = ulp + NOISE_RELATIVE_TOLERANCE * (reference_value - source.to(torch.float64)).abs()
     close[differ] = neighbours | ((wide - reference_value).abs() <= allowed)
     return close
+
+
+def noise_differences(got: torch.Tensor, expected: torch.Tensor, source: torch.Tensor, scales) -> str | None:
+    """Why noisy copies (K*B rows, copy k of scale scales[k]) differ from another backend's beyond
+    noise_close, or None: copies of scale 0 must be the source (the stacked copies before their
+    noise) bit for bit."""
+    batch = source.shape[0] // len(scales)
+    for k, scale in enumerate(scales):
+        rows = slice(k * batch, (k + 1) * batch)
+        if scale == 0 and not torch.equal(as_bits(got[rows].cpu().contiguous()), as_bits(source[rows].contiguous())):
+            return f"copy {k} (scale 0) is not the input bit for bit"
+    close = noise_close(got, expected, source)
+    if not close.all():
+        return f"{int((~close).sum())} elements beyond the noise tolerance"
+    return None
 
 
 def _noise_arguments(kernel: str, x: torch.Tensor, rows: int, keys: list[int], scales: list[float],
@@ -469,11 +490,9 @@ def _noise_arguments(kernel: str, x: torch.Tensor, rows: int, keys: list[int], s
 
 def _noise_table(keys: list[int], scales: list[float], device: torch.device) -> torch.Tensor:
     """The kernels' noise on ``device``: the K keys (as signed int64) then the bits of the K float64
-    scales, one int64 tensor, sent as _mask_table sends masks."""
-    table = torch.cat([signed_keys(keys), torch.tensor(scales, dtype=torch.float64).view(torch.int64)])
-    if device.type == "cuda":
-        table = table.pin_memory().to(device, non_blocking=True)
-    return table
+    scales, one int64 tensor."""
+    return _to_device(torch.cat([signed_keys(keys), torch.tensor(scales, dtype=torch.float64).view(torch.int64)]),
+                      device)
 
 
 def expand_noise(x: torch.Tensor, keys: list[int], scales: list[float], unit_std: torch.Tensor, inner: int,
@@ -545,12 +564,14 @@ def noise_rows(x: torch.Tensor, keys: list[int], scales: list[float], unit_std: 
     return data
 
 
-def _ranked_keep(x: torch.Tensor, ranks: torch.Tensor, thresholds) -> torch.Tensor:
-    """(K, 1, units, 1)-broadcastable keep mask: unit u of copy k stays when ranks[k, u] >= thresholds[k].
-    ``thresholds``: a list, or an int64 tensor already on x's device (no copy in a forward hook)."""
+def _zero_ranked(logical: torch.Tensor, ranks: torch.Tensor, thresholds) -> torch.Tensor:
+    """``logical`` (K or 1, B, units, inner) as K copies, unit u of copy k zeroed (+0.0) where
+    ranks[k, u] < thresholds[k] and kept bit for bit elsewhere. ``thresholds``: a list, or an
+    int64 tensor already on the device (no copy in a forward hook)."""
     if not isinstance(thresholds, torch.Tensor):
-        thresholds = _mask_table([0] * len(thresholds), thresholds, x.device)[len(thresholds):]
-    return (ranks.to(x.device) >= thresholds[:, None])[:, None, :, None]
+        thresholds = _to_device(torch.tensor(thresholds, dtype=torch.int64), logical.device)
+    keep = (ranks.to(logical.device) >= thresholds[:, None])[:, None, :, None]
+    return torch.where(keep, logical, torch.zeros((), dtype=logical.dtype, device=logical.device))
 
 
 def expand_ranked(x: torch.Tensor, ranks: torch.Tensor, thresholds, inner: int) -> torch.Tensor:
@@ -560,8 +581,7 @@ def expand_ranked(x: torch.Tensor, ranks: torch.Tensor, thresholds, inner: int) 
     A PyTorch composition on every device, with the kernels' semantics: ablated elements are +0.0
     and kept ones keep their bits."""
     batch, units = x.shape[0], x[0].numel() // inner
-    logical = x.reshape(1, batch, units, inner)
-    out = torch.where(_ranked_keep(x, ranks, thresholds), logical, torch.zeros((), dtype=x.dtype, device=x.device))
+    out = _zero_ranked(x.reshape(1, batch, units, inner), ranks, thresholds)
     return out.reshape((len(thresholds) * batch,) + tuple(x.shape[1:]))
 
 
@@ -573,9 +593,7 @@ def mask_rows_ranked(x: torch.Tensor, ranks: torch.Tensor, thresholds, inner: in
         raise FuFastError(f"mask_rows_ranked: the tensor has {x.shape[0]} rows, which are not {copies} copies "
                           "of a batch")
     batch, units = x.shape[0] // copies, x[0].numel() // inner
-    logical = x.reshape(copies, batch, units, inner)
-    out = torch.where(_ranked_keep(x, ranks, thresholds), logical, torch.zeros((), dtype=x.dtype, device=x.device))
-    return out.reshape(x.shape)
+    return _zero_ranked(x.reshape(copies, batch, units, inner), ranks, thresholds).reshape(x.shape)
 
 
 def label_agreement(logits: torch.Tensor, base_labels: torch.Tensor, num_masks: int, *,

@@ -136,12 +136,9 @@ void covariance_accumulate_cpu(ActivationView act, const int64_t* rows, int64_t 
     offsets[t] = rows[t] / act.spatial * act.stride_batch + rows[t] % act.spatial * act.stride_spatial;
   std::vector<double> panels(count * num_rows * kPanel);
   std::vector<double> batch_mean(channels);
-  switch (act.dtype) {
-    case DType::Float32: pack_centred<DType::Float32>(act, offsets.data(), num_rows, panels.data(), batch_mean.data()); break;
-    case DType::Float64: pack_centred<DType::Float64>(act, offsets.data(), num_rows, panels.data(), batch_mean.data()); break;
-    case DType::BFloat16: pack_centred<DType::BFloat16>(act, offsets.data(), num_rows, panels.data(), batch_mean.data()); break;
-    case DType::Float16: pack_centred<DType::Float16>(act, offsets.data(), num_rows, panels.data(), batch_mean.data()); break;
-  }
+  with_dtype(act.dtype, [&](auto type) {
+    pack_centred<decltype(type)::value>(act, offsets.data(), num_rows, panels.data(), batch_mean.data());
+  });
 
   // Chan et al.: merge (n_a, mean_a, M2_a) with (n_b, mean_b, M2_b).
   const double n_a = *state.count, n_b = static_cast<double>(num_rows), n = n_a + n_b;

@@ -1,5 +1,4 @@
 #include <cstring>
-#include <type_traits>
 #include <vector>
 
 #include "noise.h"
@@ -26,44 +25,19 @@ ElementNoise element_noise(const RowLayout& layout, const double* unit_std) {
   return per_element;
 }
 
-// The element types as their bits: loads and stores go through the integer conversions of
-// common.h, which every backend shares.
-template <DType kType>
-struct Element;
-template <>
-struct Element<DType::Float32> { using Bits = uint32_t; };
-template <>
-struct Element<DType::Float64> { using Bits = uint64_t; };
-template <>
-struct Element<DType::BFloat16> { using Bits = uint16_t; };
-template <>
-struct Element<DType::Float16> { using Bits = uint16_t; };
-
 // One row of one copy: out[e] = in[e] plus its noise, in and out possibly the same row (then an
-// element whose sigma is 0 is not written). Typed on the dtype so that the conversions inline.
+// element whose sigma is 0 is not written). Typed on the dtype so that the conversions inline;
+// loads and stores go through the integer conversions of common.h, which every backend shares.
 template <DType kType>
 void noise_row(const void* in, void* out, int64_t row, uint64_t seed, double scale, const ElementNoise& per_element) {
-  using Bits = typename Element<kType>::Bits;
-  const auto* from = static_cast<const Bits*>(in);
-  auto* to = static_cast<Bits*>(out);
   for (int64_t e = 0; e < row; ++e) {
     const double sigma = mul_rn(scale, per_element.unit_std[e]);
     if (sigma == 0) {
-      if (in != out) to[e] = from[e];
+      if (in != out) copy_element(in, e, out, e, dtype_size(kType));
       continue;
     }
     const double n = noise_normal(seed, per_element.hashes[e]);
     store_from_double(out, kType, e, add_noise(load_as_double(in, kType, e), sigma, n));
-  }
-}
-
-template <typename Kernel>
-void with_dtype(DType dtype, Kernel kernel) {
-  switch (dtype) {
-    case DType::Float32: kernel(std::integral_constant<DType, DType::Float32>{}); break;
-    case DType::Float64: kernel(std::integral_constant<DType, DType::Float64>{}); break;
-    case DType::BFloat16: kernel(std::integral_constant<DType, DType::BFloat16>{}); break;
-    case DType::Float16: kernel(std::integral_constant<DType, DType::Float16>{}); break;
   }
 }
 

@@ -112,16 +112,10 @@ extern "C" __global__ void fu_expand_masked_scalar(const void* __restrict__ src,
     const bool ablated = mask.ablates_element(e);
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t from = b * row + e, to = (k * batch + b) * row + e;
-      switch (elem_size) {
-        case 2:
-          static_cast<unsigned short*>(dst)[to] = ablated ? 0 : static_cast<const unsigned short*>(src)[from];
-          break;
-        case 4:
-          static_cast<unsigned int*>(dst)[to] = ablated ? 0u : static_cast<const unsigned int*>(src)[from];
-          break;
-        default:
-          static_cast<uint64_t*>(dst)[to] = ablated ? 0ull : static_cast<const uint64_t*>(src)[from];
-          break;
+      if (ablated) {
+        fu_fast::zero_element(dst, to, elem_size);
+      } else {
+        fu_fast::copy_element(src, from, dst, to, elem_size);
       }
     }
   }
@@ -169,14 +163,7 @@ extern "C" __global__ void fu_mask_rows_scalar(void* __restrict__ data, int64_t 
   const int64_t row = units * inner;
   for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < row; e += int64_t{gridDim.x} * blockDim.x) {
     if (!mask.ablates_element(e)) continue;
-    for (int64_t b = 0; b < batch; ++b) {
-      const int64_t at = (k * batch + b) * row + e;
-      switch (elem_size) {
-        case 2: static_cast<unsigned short*>(data)[at] = 0; break;
-        case 4: static_cast<unsigned int*>(data)[at] = 0u; break;
-        default: static_cast<uint64_t*>(data)[at] = 0ull; break;
-      }
-    }
+    for (int64_t b = 0; b < batch; ++b) fu_fast::zero_element(data, (k * batch + b) * row + e, elem_size);
   }
 }
 

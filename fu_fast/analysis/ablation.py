@@ -67,7 +67,7 @@ class ExpansionBuffer:
             self._storage.pop(key, None)   # released before the larger one is made
             storage = self._storage[key] = torch.empty(numel, dtype=x.dtype, device=x.device)
         shape = (copies * x.shape[0],) + tuple(x.shape[1:])
-        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        if kernels.is_channels_last(x):
             n, c, h, w = shape
             return storage[:numel].view(n, h, w, c).permute(0, 3, 1, 2)
         return storage[:numel].view(shape)

@@ -279,9 +279,10 @@ def _one_pass(model, batches, layer_names, settings: AnalysisSettings, device, d
                                                          token_mask)
     if group is not None:
         _combine_counts(passes, predictions, correct, device)
-        if not first_pass:
+    if not first_pass:   # this pass fed the statistics (a first pass fed and checked them)
+        if group is not None:
             _combine_statistics(passes, device)
-    _check_finite_statistics(passes)   # the layers first: they name where a NaN or infinity came from
+        _check_finite_statistics(passes)   # the layers first: they name where a NaN or infinity came from
     if not bool(output_finite):
         raise FuFastError("the model's output contains NaN or infinite values")
     return passes, skipped, predictions, correct
@@ -395,6 +396,7 @@ def _plan(model, batches, layer_names, settings: AnalysisSettings, device, dtype
         raise
     except Exception as e:  # the model itself failed on the probe batch
         raise FuFastError(f"the model failed on the data: {type(e).__name__}: {e}") from None
+    forward = forward_to_logits(model, logits)
     passes = []
     for layer in analysed:
         plan = masks.MaskPlan.build(layer.name, layer.ablation_units, settings.grid, settings.repeats, settings.seed)
@@ -407,8 +409,7 @@ def _plan(model, batches, layer_names, settings: AnalysisSettings, device, dtype
         if layer_pass.ordered is not None:
             layer_pass.element_sums = torch.zeros(layer.units * layer.spatial, dtype=torch.float64, device=device)
             if any(o.startswith("weight_norm") for o in orders):
-                channel, element = order_lib.outgoing_weight_norms(model, layer, forward_to_logits(model, logits),
-                                                                   probe[:PROBE_ROWS])
+                channel, element = order_lib.outgoing_weight_norms(model, layer, forward, probe[:PROBE_ROWS])
                 layer_pass.statistics.update(weight_norm=channel, element_weight_norm=element)
             if not order_lib.needs_data(orders):
                 layer_pass.ordered.ranks = order_lib.rank_table(layer_pass.ordered.orders, layer,
@@ -507,7 +508,8 @@ def _layer_result(layer_pass: LayerPass, settings: AnalysisSettings, predictions
         samples=layer_pass.moments.samples, components=red.components, redundant_units=red.redundant_units,
         explained_variance_ratio=red.explained_variance_ratio, mean_abs_r=corr.mean_abs_r,
         abs_r_quantiles=corr.abs_r_quantiles, abs_r_histogram=corr.abs_r_histogram, unit=layer.unit,
-        expanded_at=layer.expansion_point, components_80=red.components_for(0.8), similar_units=corr.similar_units,
+        expanded_at=layer.expansion_point, components_80=red.components_for(pca.REPORTED_SHARE),
+        similar_units=corr.similar_units,
         selectivity=None if chosen is None else {"labels": selectivity_labels, "units": chosen.units,
                                                  "mean": chosen.mean, "quantiles": chosen.quantiles},
         orders=None if layer_pass.ordered is None else {

@@ -371,9 +371,12 @@ def pair_mapping(covariance: np.ndarray, units_a: int, ridge: float = DEFAULT_RI
     covariance = np.asarray(covariance, dtype=np.float64)
     s_aa, s_ab = covariance[:units_a, :units_a], covariance[:units_a, units_a:]
     s_bb = covariance[units_a:, units_a:]
+    # Each layer's eigendecomposition serves both directions: as regressors and as the target.
+    spectrum_a, spectrum_b = _spectrum(s_aa), _spectrum(s_bb)
     return PairMapping(a=a, b=b, kind=kind, units_a=units_a, units_b=covariance.shape[0] - units_a, samples=samples,
-                       cka=linear_cka(s_aa, s_ab, s_bb), b_from_a=explained(s_aa, s_ab, s_bb, ridge),
-                       a_from_b=explained(s_bb, s_ab.T, s_aa, ridge), covariance=covariance)
+                       cka=linear_cka(s_aa, s_ab, s_bb),
+                       b_from_a=_explained(s_aa, s_ab, s_bb, ridge, spectrum_a, spectrum_b),
+                       a_from_b=_explained(s_bb, s_ab.T, s_aa, ridge, spectrum_b, spectrum_a), covariance=covariance)
 
 
 def linear_cka(s_aa: np.ndarray, s_ab: np.ndarray, s_bb: np.ndarray) -> float | None:
@@ -394,15 +397,20 @@ def explained(s_xx: np.ndarray, s_xy: np.ndarray, s_yy: np.ndarray, ridge: float
     of a combination w^T y that the regression explains is ||diag(e + lambda)^-1/2 U^T S_XY w||^2:
     per unit (w a unit vector) and per principal direction of Y (w an eigenvector of S_YY).
     """
+    return _explained(s_xx, s_xy, s_yy, ridge, _spectrum(s_xx), _spectrum(s_yy))
+
+
+def _explained(s_xx: np.ndarray, s_xy: np.ndarray, s_yy: np.ndarray, ridge: float, spectrum_x: tuple,
+               spectrum_y: tuple) -> Explained:
+    """explained, with the _spectrum of S_XX and of S_YY."""
     units_x, units_y = s_xx.shape[0], s_yy.shape[0]
     variance = np.diag(s_yy).copy()
     live = variance > 0.0
-    scale_x = _scale(s_xx)
+    scale_x, e, u = spectrum_x
     trace = float(np.trace(s_xx)) / scale_x if scale_x > 0.0 else 0.0
     lam = ridge * trace / units_x if units_x else 0.0
     if scale_x > 0.0:
         # Scaling X by 1/sqrt(scale_x) changes no R^2; lambda is in the scaled units here.
-        e, u = _eigh(s_xx / scale_x)
         e = np.clip(e, 0.0, None)
         weights = 1.0 / np.sqrt(e + lam)
         projected = (u.T @ (s_xy / math.sqrt(scale_x))) * weights[:, None]   # (C_X, C_Y)
@@ -416,7 +424,7 @@ def explained(s_xx: np.ndarray, s_xy: np.ndarray, s_yy: np.ndarray, ridge: float
     share = float(np.minimum(explained_var[live], variance[live]).sum() / total) if total > 0.0 else None
     quantiles = np.quantile(values, QUANTILES) if values.size else None
 
-    components, direction_r2 = _directions(s_yy, projected)
+    components, direction_r2 = _directions(s_yy, spectrum_y, projected)
     return Explained(
         ridge_lambda=lam * scale_x, r2=[None if math.isnan(v) else float(v) for v in r2], live_units=int(live.sum()),
         mean=float(values.mean()) if values.size else None,
@@ -425,14 +433,13 @@ def explained(s_xx: np.ndarray, s_xy: np.ndarray, s_yy: np.ndarray, ridge: float
         spanned=int(sum(v >= SPANNED_R2 for v in direction_r2)), direction_r2=direction_r2)
 
 
-def _directions(s_yy: np.ndarray, projected: np.ndarray) -> tuple[int, list[float]]:
+def _directions(s_yy: np.ndarray, spectrum_y: tuple, projected: np.ndarray) -> tuple[int, list[float]]:
     """k, the principal directions of Y for VARIANCE_SHARE of its variance (the rule of the PCA
     redundancy with pca_tolerance 1 - VARIANCE_SHARE), and the R^2 of each from ``projected``."""
     components = pca.redundancy(s_yy, 1.0 - VARIANCE_SHARE).components
     if components == 0:
         return 0, []
-    scale = _scale(s_yy)
-    mu, v = _eigh(s_yy / scale)
+    scale, mu, v = spectrum_y
     order = np.argsort(mu)[::-1][:components]
     mu, v = np.clip(mu[order], 0.0, None), v[:, order]
     along = projected @ v                                          # (C_X, k), in Y's original units
@@ -443,6 +450,15 @@ def _directions(s_yy: np.ndarray, projected: np.ndarray) -> tuple[int, list[floa
 
 def _scale(covariance: np.ndarray) -> float:
     return float(np.abs(np.diag(covariance)).max()) if covariance.shape[0] else 0.0
+
+
+def _spectrum(covariance: np.ndarray) -> tuple[float, np.ndarray | None, np.ndarray | None]:
+    """(scale, eigenvalues, eigenvectors) of covariance / scale, scale its largest variance (dividing
+    by it keeps LAPACK away from overflow); no eigenvalues or eigenvectors when scale is 0."""
+    scale = _scale(covariance)
+    if scale == 0.0:
+        return scale, None, None
+    return (scale, *_eigh(covariance / scale))
 
 
 def _eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

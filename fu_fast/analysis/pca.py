@@ -12,7 +12,7 @@ HISTOGRAM_BINS = 50   # |r| histogram on [0, 1]: what a violin plot of a layer's
 
 
 SIMILAR_ABS_R = 0.5      # a unit is "similar" to another when |r| >= this (the authors' similarity count)
-VARIANCE_SHARES = (0.8,)  # components reported beside the 1 - t_pca count
+REPORTED_SHARE = 0.8     # components_80: the components for this share, reported beside the 1 - t_pca count
 
 
 @dataclass(frozen=True)
@@ -71,16 +71,22 @@ class Correlation:
     similar_units: int | None = None   # units with |r| >= SIMILAR_ABS_R to some other unit
 
 
-def correlation(covariance: np.ndarray) -> Correlation:
-    """|r| over all pairs of units that vary (a constant unit has no correlation)."""
+def _abs_r(covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the units that vary, their |r| matrix clipped to [0, 1])."""
     std = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
     live = np.flatnonzero(std > 0.0)
-    if len(live) < 2:
-        return Correlation(None, None)
     if len(live) < len(std):
         covariance, std = covariance[np.ix_(live, live)], std[live]
     sub = np.abs(covariance / np.outer(std, std))
     np.clip(sub, 0.0, 1.0, out=sub)
+    return live, sub
+
+
+def correlation(covariance: np.ndarray) -> Correlation:
+    """|r| over all pairs of units that vary (a constant unit has no correlation)."""
+    live, sub = _abs_r(covariance)
+    if len(live) < 2:
+        return Correlation(None, None)
     upper = sub[np.triu(np.ones(sub.shape, dtype=bool), k=1)]   # row by row, as triu_indices orders them
     values = np.quantile(upper, QUANTILES)
     histogram = np.histogram(upper, bins=HISTOGRAM_BINS, range=(0.0, 1.0))[0]
@@ -92,14 +98,12 @@ def correlation(covariance: np.ndarray) -> Correlation:
 
 def mean_abs_r_per_unit(covariance: np.ndarray) -> np.ndarray:
     """Each unit's mean |r| to the other units that vary; NaN for a unit that does not vary."""
-    std = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
-    live = std > 0.0
-    result = np.full(len(std), np.nan)
-    if live.sum() < 2:
+    live, r = _abs_r(covariance)
+    result = np.full(covariance.shape[0], np.nan)
+    if len(live) < 2:
         return result
-    r = np.abs(covariance[np.ix_(live, live)] / np.outer(std[live], std[live]))
     np.fill_diagonal(r, 0.0)
-    result[live] = np.clip(r, 0.0, 1.0).sum(axis=1) / (live.sum() - 1)
+    result[live] = r.sum(axis=1) / (len(live) - 1)
     return result
 
 

@@ -61,8 +61,7 @@ def load(name: str, split: str, *, data_dir=None, random_labels: bool = False, s
         raise FuFastError(f"unknown data set {name!r}; choose one of {', '.join(NAMES)}")
     if split not in SPLITS:
         raise FuFastError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise FuFastError(f"seed must be a non-negative integer, got {seed!r}")
+    _check_seed(seed)
     augment = bool(augment) and name not in ("synthetic", "digits") and split == "train" and not random_labels
     if name == "synthetic":
         if image_size is not None:
@@ -89,6 +88,11 @@ def load(name: str, split: str, *, data_dir=None, random_labels: bool = False, s
     return dataset
 
 
+def _check_seed(seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise FuFastError(f"seed must be a non-negative integer, got {seed!r}")
+
+
 def model_inputs(name: str, model: str) -> dict:
     """The build options with which zoo model ``model`` reads data set ``name``, where its defaults
     do not: {} for every data set but digits, which gives an MLP (an ``input_dim`` option) input_dim
@@ -98,15 +102,21 @@ def model_inputs(name: str, model: str) -> dict:
 
     if name != "digits":
         return {}
-    options = models.default_options(model)
+    fitted = _digits_inputs(models.default_options(model))
+    if fitted is not None:
+        return fitted
+    readers = [n for n in models.names() if _digits_inputs(models.default_options(n)) is not None]
+    raise FuFastError(f"{model} cannot read digits' one-channel 8x8 images (it has no in_channels option); "
+                      f"use {' or '.join(readers)}")
+
+
+def _digits_inputs(options: dict) -> dict | None:
+    """The digits build options of a model with these default options; None when it cannot read digits."""
     if "input_dim" in options:
         return {"input_dim": digits.FEATURES, "num_classes": digits.CLASSES}
     if "input_size" in options and "in_channels" in options:
         return {"input_size": digits.SIDE, "in_channels": 1, "num_classes": digits.CLASSES}
-    readers = [n for n in models.names() if {"input_dim"} <= set(models.default_options(n))
-               or {"input_size", "in_channels"} <= set(models.default_options(n))]
-    raise FuFastError(f"{model} cannot read digits' one-channel 8x8 images (it has no in_channels option); "
-                      f"use {' or '.join(readers)}")
+    return None
 
 
 def fit_model_options(name: str, model: str, options: dict) -> dict:
@@ -169,8 +179,7 @@ def _synthetic_images(split: str, image_size, num_classes, *, random_labels: boo
                       channels: int = 3) -> Dataset:
     """Synthetic Gaussian images for an image model; labels are uniform already, so random labels
     change nothing but the record."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise FuFastError(f"seed must be a non-negative integer, got {seed!r}")
+    _check_seed(seed)
     dataset = synthetic.SyntheticImages(split, image_size=image_size, seed=seed,
                                         num_classes=num_classes or SYNTHETIC_IMAGE_CLASSES, channels=channels)
     dataset.info = {"name": "synthetic", "examples": len(dataset), "split": split,

@@ -31,14 +31,18 @@ REPORT_DIR = "report"
 def summarize(sweep_dir: str | Path) -> dict:
     """Per series and width: trial means and sds, gains g, per layer too, and g_min/g_max; "beyond": the
     optional analyses' numbers (fu_fast.report.beyond; {} when the sweep has none)."""
-    sweep = load_sweep(sweep_dir)
+    return _summary(load_sweep(sweep_dir))
+
+
+def _summary(sweep) -> dict:
+    """report.json's dict: summarize_sweep's, and "beyond" (which checks every optional entry it reads)."""
     return {**summarize_sweep(sweep), "beyond": summarize_beyond(sweep)}
 
 
 def write_report(sweep_dir: str | Path) -> Path:
     """Write SWEEP_DIR/report/ (every file atomically) and return that folder."""
     sweep = load_sweep(sweep_dir)
-    summary = {**summarize_sweep(sweep), "beyond": summarize_beyond(sweep)}   # checks every file before writing
+    summary = _summary(sweep)   # checks every file before writing
     folder = Path(sweep_dir) / REPORT_DIR
     if folder.is_symlink() or (folder.exists() and not folder.resolve().is_relative_to(Path(sweep_dir).resolve())):
         raise FuFastError(f"{folder} is a link: the report is written only inside the sweep directory; "

@@ -23,7 +23,6 @@ the file.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +31,9 @@ from matplotlib.figure import Figure
 from ..analysis.mapping import SCHEMA as MAPPING_SCHEMA
 from ..analysis.pca import QUANTILES
 from ..errors import FuFastError
-from .figures import ERROR_BARS, _curve, _panels, _ramp, _width_axis, save_figure
-from .tables import (SD_NOTE, MemberResult, Sweep, _gains, _is_number, _labels, _read_json, fmt_gain, fmt_stats,
-                     is_normalized, safe_gain, stats)
+from .figures import ERROR_BARS, _curve, _panels, _ramp, _width_axis, remove_figure, save_figure
+from .tables import (SD_NOTE, MemberResult, Sweep, _gains, _labels, _read_json, _row, _table_head, fmt_gain,
+                     fmt_stats, group_by_width, is_finite, is_normalized, is_whole, refuse_document, safe_gain, stats)
 
 MAPPING_FILE = Path("mapping") / "mapping.json"     # inside the sweep directory
 QUANTILE_KEYS = tuple(str(q) for q in QUANTILES)    # "0.05", "0.25", "0.5", "0.75", "0.95"
@@ -45,20 +44,8 @@ FIGURE_NAMES = {"orders": "targeted_ablation", "noise": "noise_robustness", "sel
 
 # ------------------------------------------------------------------------------------------ checks
 
-def _refuse(path, document: str, where: str, value, noun: str):
-    raise FuFastError(f"{path} is not a usable {document} document: {where} is {str(value)[:40]!r}, not {noun}")
-
-
-def _finite(value) -> bool:
-    return _is_number(value) and math.isfinite(value)
-
-
 def _share(value) -> bool:
-    return _finite(value) and 0 <= value <= 1
-
-
-def _whole(value, least: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+    return is_finite(value) and 0 <= value <= 1
 
 
 def _curve_of(value, length: int) -> bool:
@@ -69,7 +56,7 @@ def check_member(path: Path, member: MemberResult) -> None:
     """The optional per-layer entries (orders, noise, selectivity, components_80, similar_units) of one
     member's analysis.json have the types the report computes with; FuFastError naming ``path`` otherwise."""
     def refuse(where, value, noun):
-        _refuse(path, "analysis", where, value, noun)
+        refuse_document(path, "analysis", where, value, noun)
 
     levels = len(member.analysis.settings["levels"])   # checked by tables.load_sweep
     for name, layer in member.analysis.layers.items():
@@ -90,19 +77,19 @@ def check_member(path: Path, member: MemberResult) -> None:
             if not isinstance(noise, dict):
                 refuse(f"{where} noise", noise, "an object with levels, curves and tolerance_level")
             steps = noise.get("levels")
-            if not (isinstance(steps, list) and len(steps) >= 2 and all(_finite(v) for v in steps)
+            if not (isinstance(steps, list) and len(steps) >= 2 and all(is_finite(v) for v in steps)
                     and all(b > a for a, b in zip(steps, steps[1:]))):
                 refuse(f"{where} noise.levels", steps, "an increasing list of at least two numbers")
             curves = noise.get("curves")
             if not (isinstance(curves, list) and curves and all(_curve_of(c, len(steps)) for c in curves)):
                 refuse(f"{where} noise.curves", curves, f"a list of curves of {len(steps)} numbers in [0, 1]")
-            if not (_finite(noise.get("tolerance_level")) and noise["tolerance_level"] >= 0):
+            if not (is_finite(noise.get("tolerance_level")) and noise["tolerance_level"] >= 0):
                 refuse(f"{where} noise.tolerance_level", noise.get("tolerance_level"), "a number >= 0")
         if layer.selectivity is not None:
             chosen = layer.selectivity
             if not isinstance(chosen, dict):
                 refuse(f"{where} selectivity", chosen, "an object or null")
-            if not _whole(chosen.get("units")):
+            if not is_whole(chosen.get("units")):
                 refuse(f"{where} selectivity.units", chosen.get("units"), "a whole number >= 0")
             if chosen.get("mean") is not None and not _share(chosen["mean"]):
                 refuse(f"{where} selectivity.mean", chosen["mean"], "a number in [0, 1] or null")
@@ -113,7 +100,7 @@ def check_member(path: Path, member: MemberResult) -> None:
                        f"an object of numbers in [0, 1] with the keys {', '.join(QUANTILE_KEYS)}, or null")
         for key in ("components_80", "similar_units"):
             value = getattr(layer, key)
-            if value is not None and not _whole(value):
+            if value is not None and not is_whole(value):
                 refuse(f"{where} {key}", value, "a whole number >= 0 or null")
 
 
@@ -126,7 +113,7 @@ def read_mapping(sweep_dir: Path) -> tuple[Path, list[dict]] | None:
     document = _read_json(path, None)
 
     def refuse(where, value, noun):
-        _refuse(path, "mapping", where, value, noun)
+        refuse_document(path, "mapping", where, value, noun)
 
     if not isinstance(document, dict) or document.get("schema") != MAPPING_SCHEMA:
         schema = document.get("schema") if isinstance(document, dict) else None
@@ -147,7 +134,7 @@ def read_mapping(sweep_dir: Path) -> tuple[Path, list[dict]] | None:
         for side in ("a", "b"):
             model = models.get(side) if isinstance(models, dict) else None
             width = model.get("width") if isinstance(model, dict) else None
-            if not (_finite(width) and width > 0):
+            if not (is_finite(width) and width > 0):
                 refuse(f"pairs[{i}].models.{side}.width", width, "a positive number")
         layers = pair.get("layers")
         if not isinstance(layers, list):
@@ -164,8 +151,8 @@ def read_mapping(sweep_dir: Path) -> tuple[Path, list[dict]] | None:
             if side.get("mean_r2") is not None and not _share(side["mean_r2"]):
                 refuse(f"{at}.b_from_a.mean_r2", side["mean_r2"], "a number in [0, 1] or null")
             directions = side.get("directions")
-            if not (isinstance(directions, dict) and _whole(directions.get("components"))
-                    and _whole(directions.get("spanned")) and directions["spanned"] <= directions["components"]):
+            if not (isinstance(directions, dict) and is_whole(directions.get("components"))
+                    and is_whole(directions.get("spanned")) and directions["spanned"] <= directions["components"]):
                 refuse(f"{at}.b_from_a.directions", directions,
                        "an object of whole numbers components and spanned <= components")
         width_pairs.append(pair)
@@ -198,13 +185,6 @@ def summarize_beyond(sweep: Sweep) -> dict:
     return out
 
 
-def _by_width(members: list[MemberResult]) -> dict[float, list[MemberResult]]:
-    groups: dict[float, list[MemberResult]] = {}
-    for m in sorted(members, key=lambda m: (m.width, m.trial)):
-        groups.setdefault(m.width, []).append(m)
-    return groups
-
-
 def _mean(values) -> float | None:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
@@ -233,7 +213,7 @@ def _orders(members: list[MemberResult]) -> dict | None:
     orders = {}
     for order in names:
         rows = []
-        for width, trials in _by_width(ordered).items():
+        for width, trials in group_by_width(ordered).items():
             values = [v for v in (value(m, order) for m in trials) if v is not None]
             if values:
                 rows.append({"width": width, "trials": len(values), "fraction": stats([v[0] for v in values]),
@@ -248,7 +228,7 @@ def _noise(members: list[MemberResult]) -> dict | None:
         return None
     grid = next(layer.noise["levels"] for layer in noisy[0].analysis.layers.values() if layer.noise)
     rows, curves = [], []
-    for width, trials in _by_width(noisy).items():
+    for width, trials in group_by_width(noisy).items():
         tolerances, agreement = [], []
         for m in trials:
             layers = [layer.noise for layer in m.analysis.layers.values() if layer.noise]
@@ -271,7 +251,7 @@ def _selectivity(members: list[MemberResult]) -> dict | None:
     layers = {}
     for name in names:
         rows = []
-        for width, trials in _by_width(members).items():
+        for width, trials in group_by_width(members).items():
             chosen = [m.analysis.layers[name].selectivity for m in trials if name in m.analysis.layers]
             chosen = [c for c in chosen if c is not None and c.get("mean") is not None]
             if not chosen:
@@ -297,7 +277,7 @@ def _similarity(members: list[MemberResult]) -> dict | None:
                      for layer in member.analysis.layers.values() if getattr(layer, key) is not None)
 
     rows = []
-    for width, trials in _by_width(members).items():
+    for width, trials in group_by_width(members).items():
         values = {key: [value(m, key) for m in trials] for key in keys}
         rows.append({"width": width, "trials": max(sum(v is not None for v in vs) for vs in values.values()),
                      **{key: stats(vs) for key, vs in values.items()}})
@@ -370,8 +350,8 @@ def _orders_markdown(series: list[dict], scale: str) -> list[str]:
              "g: of the trial means against width.", ""]
     for s in series:
         lines += [f"### {s['label']}{_units_tag(s)}", "",
-                  _row(["order", "width", "trials", "prunable fraction",
-                        "prunability" if s["normalized"] else "prunable units"]), _row(["---"] * 5)]
+                  *_table_head(["order", "width", "trials", "prunable fraction",
+                                "prunability" if s["normalized"] else "prunable units"])]
         for order, entry in s["orders"].items():
             lines += [_row([order, f"{r['width']:g}", str(r["trials"]), fmt_stats(r["fraction"]),
                             fmt_stats(r["prunability"])]) for r in entry["rows"]]
@@ -389,7 +369,7 @@ def _noise_markdown(series: list[dict]) -> list[str]:
              "g: of the trial means against width.", ""]
     for s in series:
         lines += [f"### {s['label']}", "", f"t = {s['tolerance']:g}.", "",
-                  _row(["width", "trials", "tolerance level"]), _row(["---"] * 3)]
+                  *_table_head(["width", "trials", "tolerance level"])]
         lines += [_row([f"{r['width']:g}", str(r["trials"]), fmt_stats(r["tolerance_level"])]) for r in s["rows"]]
         lines += [_row(["g", "", fmt_gain(s["gains"]["tolerance_level"])]), ""]
     return lines
@@ -402,8 +382,7 @@ def _selectivity_markdown(series: list[dict]) -> list[str]:
              "each the mean over trials; g: of the trial means of the mean selectivity.", ""]
     quantiles = [f"q{k}" for k in QUANTILE_KEYS]
     for s in series:
-        lines += [f"### {s['label']}", "", _row(["layer", "width", "trials", "mean selectivity"] + quantiles),
-                  _row(["---"] * (4 + len(quantiles)))]
+        lines += [f"### {s['label']}", "", *_table_head(["layer", "width", "trials", "mean selectivity"] + quantiles)]
         for name, layer in s["layers"].items():
             for r in layer["rows"]:
                 q = r["quantiles"]
@@ -422,7 +401,7 @@ def _similarity_markdown(series: list[dict], scale: str) -> list[str]:
              f"trials; {SD_NOTE}. g: of the trial means against width.", ""]
     for s in series:
         lines += [f"### {s['label']}{_units_tag(s)}", "",
-                  _row(["width", "trials", "similar units", "components (80%)"]), _row(["---"] * 4)]
+                  *_table_head(["width", "trials", "similar units", "components (80%)"])]
         lines += [_row([f"{r['width']:g}", str(r["trials"]), fmt_stats(r["similar_units"]),
                         fmt_stats(r["components_80"])]) for r in s["rows"]]
         lines += [_row(["g", "", fmt_gain(s["gains"]["similar_units"]), fmt_gain(s["gains"]["components_80"])]), ""]
@@ -438,8 +417,8 @@ def _mapping_markdown(mapping: dict) -> list[str]:
              f"layer, and linear CKA; mean ± sd over trials ({SD_NOTE}). g: of the directions not spanned, "
              "against the wide width.", ""]
     for s in mapping["series"]:
-        lines += [f"### {s['label']}", "", _row(["layer", "widths", "trials", "directions spanned",
-                                                 "directions not spanned", "mean R²", "CKA"]), _row(["---"] * 7)]
+        lines += [f"### {s['label']}", "", *_table_head(["layer", "widths", "trials", "directions spanned",
+                                                         "directions not spanned", "mean R²", "CKA"])]
         for name, layer in s["layers"].items():
             lines += [_row([name, f"{r['thin']:g} → {r['wide']:g}", str(r["trials"]), fmt_stats(r["spanned_share"]),
                             fmt_stats(r["unspanned"]), fmt_stats(r["mean_r2"]), fmt_stats(r["cka"])])
@@ -447,10 +426,6 @@ def _mapping_markdown(mapping: dict) -> list[str]:
             lines.append(_row([name, "g", "", "", fmt_gain(layer["gains"]["unspanned"]), "", ""]))
         lines.append("")
     return lines
-
-
-def _row(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
 
 
 # ----------------------------------------------------------------------------------------- figures
@@ -463,8 +438,7 @@ def write_beyond_figures(beyond: dict, out_dir: Path, reference: str = "4x") -> 
     for section, name in FIGURE_NAMES.items():
         fig = FIGURES[section](beyond[section], reference) if section in beyond else None
         if fig is None:
-            for ext in ("png", "pdf"):
-                (out_dir / f"{name}.{ext}").unlink(missing_ok=True)
+            remove_figure(out_dir, name)
             continue
         save_figure(fig, out_dir, name)
         written[section] = name

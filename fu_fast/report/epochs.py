@@ -11,7 +11,6 @@ is drawn in unit counts, and says so.
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -28,12 +27,11 @@ def epoch_figure(sweep: Sweep, summary: dict) -> Figure | None:
     """Prunability and redundancy vs epochs past convergence, a line per width (trial means, sd error
     bars), a pair of panels per training series; None for a sweep without epochs_after members.
     ``summary`` (summarize_sweep's) is not needed: the values come from the members themselves."""
-    after = _epochs_after(sweep)
     groups: dict[str, list[tuple[int, MemberResult]]] = {}
     for member in sweep.members:
-        if member.id in after:
+        if member.epochs_after is not None:
             key = f"{member.model} " + " ".join(f"{k}={v}" for k, v in sorted(member.variant.items()))
-            groups.setdefault(key.strip(), []).append((after[member.id], member))
+            groups.setdefault(key.strip(), []).append((member.epochs_after, member))
     if not groups:
         return None
     fig = Figure(figsize=(11.0, 4.2 * len(groups)), layout="constrained")
@@ -74,20 +72,3 @@ def _points(members: list[tuple[int, MemberResult]], quantity: str, normalized: 
             by_epoch.setdefault(after, []).append(value)
     return [(after, s["mean"], s["sd"]) for after, values in sorted(by_epoch.items())
             if (s := stats(values)) is not None]
-
-
-def _epochs_after(sweep: Sweep) -> dict[str, int]:
-    """Member id -> epochs_after, for the members sweep.json lists with one (an int); {} otherwise."""
-    try:
-        record = json.loads((sweep.path / "sweep.json").read_text())
-    except (OSError, ValueError):   # load_sweep read it already; a file gone since has no epochs to show
-        return {}
-    entries = record.get("members") if isinstance(record, dict) else None
-    out = {}
-    for entry in entries if isinstance(entries, list) else []:
-        if not isinstance(entry, dict):
-            continue
-        after = entry.get("epochs_after")
-        if isinstance(after, int) and not isinstance(after, bool) and isinstance(entry.get("id"), str):
-            out[entry["id"]] = after
-    return out

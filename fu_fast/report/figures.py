@@ -1,6 +1,6 @@
 """The report's own figures (FIGURES), drawn for every sweep: accuracy, ablation curves, |r| violins,
 prunability and redundancy (network and per layer), non-frivolous units, parameters, and the epochs figure
-(fu_fast.report.epochs) where that module exists. The paper's figures of a preset are panel specs drawn by
+(fu_fast.report.epochs). The paper's figures of a preset are panel specs drawn by
 fu_fast.report.paper, which uses the helpers here.
 
 Figures are drawn on matplotlib.figure.Figure directly, which needs no pyplot and no
@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
 from ..atomic import atomic_file
+from .epochs import epoch_figure
 from .tables import HEADERS, Sweep, fmt_gain, reference_text
 
 DPI = 120
@@ -34,12 +35,17 @@ def write_figures(sweep: Sweep, summary: dict, out_dir: Path) -> list[str]:
     for name, draw in FIGURES.items():
         fig = draw(sweep, summary)
         if fig is None:   # a figure of an earlier report that the data no longer supports
-            for ext in ("png", "pdf"):
-                (out_dir / f"{name}.{ext}").unlink(missing_ok=True)
+            remove_figure(out_dir, name)
             continue
         save_figure(fig, out_dir, name)
         written.append(name)
     return written
+
+
+def remove_figure(out_dir: Path, name: str) -> None:
+    """out_dir/name.png and out_dir/name.pdf gone, if there: an earlier report's figure not drawn now."""
+    for ext in ("png", "pdf"):
+        (out_dir / f"{name}.{ext}").unlink(missing_ok=True)
 
 
 def save_figure(fig: Figure, out_dir: Path, name: str) -> None:
@@ -316,20 +322,5 @@ FIGURES: dict[str, Callable[[Sweep, dict], Figure | None]] = {
     "redundancy_layers": _per_layer("redundancy"),
     "non_frivolous": non_frivolous,
     "parameters": parameters,
+    "epochs": epoch_figure,
 }
-
-
-def _epoch_figure():
-    """fu_fast.report.epochs.epoch_figure (the training-past-convergence figure) where that module exists."""
-    try:
-        from .epochs import epoch_figure
-    except ModuleNotFoundError as e:
-        if e.name != f"{__package__}.epochs":
-            raise
-        return None
-    return epoch_figure
-
-
-_EPOCHS = _epoch_figure()
-if _EPOCHS is not None:
-    FIGURES["epochs"] = _EPOCHS

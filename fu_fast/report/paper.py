@@ -40,10 +40,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..analysis import LayerResult
-from .figures import (_panels, _ramp, _slope_one, _width_axis, draw_ablation_curves, draw_correlation_violins,
-                      save_figure)
-from .tables import (MemberResult, Sweep, _labels, analysed_epoch, fmt_gain, is_normalized, reference_text, safe_gain,
-                     stats)
+from .figures import (ERROR_BARS, _panels, _ramp, _slope_one, _width_axis, draw_ablation_curves,
+                      draw_correlation_violins, remove_figure, save_figure)
+from .tables import (MemberResult, Sweep, _labels, analysed_epoch, fmt_gain, gain_span, is_normalized, reference_text,
+                     safe_gain, stats)
 
 FRIVOLOUS = ("prunability", "redundancy")
 ACCURACIES = ("accuracy", "train_accuracy", "test_accuracy")
@@ -391,11 +391,6 @@ def _varied(sweep: Sweep, layer: str) -> str:
 
 # ------------------------------------------------------------------------------------- the drawing
 
-def gain_range(lines: list[Line]) -> tuple[float, float] | None:
-    gains = [line.gain for line in lines if line.gain is not None]
-    return (min(gains), max(gains)) if gains else None
-
-
 def render(spec: FigureSpec, sweep: Sweep) -> Figure | None:
     """Draw ``spec`` for ``sweep``; None when no panel has data."""
     axes = [a for panel in spec.panels for a in axes_data(panel, sweep)]
@@ -432,12 +427,12 @@ def _draw(ax, data: AxesData) -> None:
     else:
         ax.set_xlabel("width factor")
     if panel.gains:
-        span = gain_range(data.lines)
+        span = gain_span(line.gain for line in data.lines)
         title += "\n" + ("g_min = n/a, g_max = n/a" if span is None else
-                         f"g_min = {fmt_gain(span[0])}, g_max = {fmt_gain(span[1])}")
+                         f"g_min = {fmt_gain(span['min'])}, g_max = {fmt_gain(span['max'])}")
     ax.set_title(title, fontsize=9)
     ax.set_ylabel(data.ylabel, fontsize=8)
-    ax.legend(fontsize=6, title="error bars: sd over trials", title_fontsize=6,
+    ax.legend(fontsize=6, title=ERROR_BARS, title_fontsize=6,
               ncol=max(1, -(-len(data.lines) // 12)))
 
 
@@ -453,6 +448,5 @@ def write_paper_figures(sweep: Sweep, out_dir: Path) -> list[FigureSpec]:
     drawn = {spec.name for spec in written}
     for name in (*ALL_FIGURES, *FORMER_NAMES):
         if name not in drawn:
-            for ext in ("png", "pdf"):
-                (out_dir / f"{name}.{ext}").unlink(missing_ok=True)
+            remove_figure(out_dir, name)
     return written

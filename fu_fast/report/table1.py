@@ -12,7 +12,8 @@ yet), training (a run still in progress), or skipped (a damaged run.json, with w
 
 from __future__ import annotations
 
-from .tables import SD_NOTE, MemberEntry, Sweep, analysed_epoch, fmt_stats, series_labels, stats
+from .tables import (SD_NOTE, MemberEntry, Sweep, _row, _table_head, analysed_epoch, fmt_stats, group_by_width,
+                     series_labels, stats)
 
 TABLE1_FILE = "table1.md"
 MISSING = "n/a"
@@ -32,13 +33,10 @@ def table1_markdown(sweep: Sweep) -> str:
     left_out = []
     for series, entries in groups.items():
         lines += [f"## {_text(labels[series])}", "", f"Series `{_code(series)}`.", ""]
-        by_width: dict[float, list[MemberEntry]] = {}
-        for entry in sorted(entries, key=lambda e: (e.width, e.trial)):
-            by_width.setdefault(entry.width, []).append(entry)
-        rows = [_row_cells(width, members) for width, members in by_width.items()]
+        rows = [_row_cells(width, members) for width, members in group_by_width(entries).items()]
         columns = [c for c in COLUMNS if c not in OPTIONAL or any(r[c] != "—" for r in rows)]
-        lines += [_line(columns), _line(["---"] * len(columns))]
-        lines += [_line([r[c] for c in columns]) for r in rows]
+        lines += _table_head(columns)
+        lines += [_row([r[c] for c in columns]) for r in rows]   # cells made safe where made (_text, _distinct)
         lines.append("")
         left_out += [_left_out_line(sweep, e) for e in entries if _state(e) != "trained"]
     lines += ["## Members not in the table", ""]
@@ -169,8 +167,3 @@ def _text(value) -> str:
 
 def _code(value) -> str:
     return _text(value).replace("`", "'")
-
-
-def _line(cells: list[str]) -> str:
-    """A table row of cells made safe where they were made (_text, _distinct)."""
-    return "| " + " | ".join(cells) + " |"

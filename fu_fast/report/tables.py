@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..analysis import AnalysisResult, LayerResult, gain
 from ..errors import FuFastError
+from ..sweep.config import REFERENCE_WIDTH
 from ..sweep.runner import SWEEP_SCHEMA
 from ..train.checkpoint import RUN_SCHEMA
 
@@ -44,6 +45,7 @@ class MemberResult:
     analysis: AnalysisResult
     histograms: dict = field(default_factory=dict)   # layer -> |r| counts; {} without correlations.json
     run: dict | None = None                          # run.json; None for an untrained member (or a damaged record)
+    epochs_after: int | None = None                  # sweep.json's, for a sweep with epochs_after (an int); else None
 
     @property
     def accuracy(self) -> float | None:
@@ -77,7 +79,7 @@ class Sweep:
     members: list[MemberResult]     # done, in the order of sweep.json
     missing: list[str]        # ids of the members that are not reported (pending, or no analysis.json)
     entries: list[MemberEntry] = field(default_factory=list)   # every member of sweep.json, in its order
-    reference_width: float = 4.0    # the width whose layers normalise a series (config reference_width)
+    reference_width: float = REFERENCE_WIDTH   # the width whose layers normalise a series (config reference_width)
     model_reference_widths: dict = field(default_factory=dict)   # a model's own (config [model.NAME])
 
     def reference_width_of(self, series: str) -> float:
@@ -121,13 +123,15 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
         # the entry in sweep.json is fine.
         analysis = AnalysisResult.load(folder / "analysis.json")
         _check_analysis(folder / "analysis.json", analysis)
-        members.append(MemberResult(*fields, analysis, _read_histograms(folder), run))
+        after = entry.get("epochs_after")
+        members.append(MemberResult(*fields, analysis, _read_histograms(folder), run,
+                                    after if isinstance(after, int) and not isinstance(after, bool) else None))
     if not members:
         raise FuFastError(f"{sweep_dir}: no member of the sweep is done yet "
                           f"({len(missing)} pending); nothing to report")
     name = record.get("name")
     config = record.get("config") if isinstance(record.get("config"), dict) else {}
-    reference = _recorded_reference_width(sweep_dir, config, "config.reference_width", 4.0)
+    reference = _recorded_reference_width(sweep_dir, config, "config.reference_width", REFERENCE_WIDTH)
     # A record written before [model.NAME] tables existed has none: every series has the sweep's.
     tables = config.get("model", {})
     if not isinstance(tables, dict) or not all(isinstance(table, dict) for table in tables.values()):
@@ -141,7 +145,7 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
 
 def _recorded_reference_width(sweep_dir: Path, table: dict, where: str, default) -> float:
     reference = table.get("reference_width", default)
-    if not (_is_number(reference) and math.isfinite(reference) and reference > 0):
+    if not (is_finite(reference) and reference > 0):
         raise FuFastError(f"{sweep_dir / 'sweep.json'}: {where} is {str(reference)[:40]!r}, not a positive number")
     return float(reference)
 
@@ -170,44 +174,51 @@ def _read_json(path: Path, missing_message: str | None):
         raise FuFastError(f"cannot read {path}: {_one_line(e)}") from None
 
 
+def refuse_document(path, document: str, where: str, value, noun: str):
+    """FuFastError: the ``document`` (analysis, mapping) at ``path`` has at ``where`` a value that is not ``noun``."""
+    raise FuFastError(f"{path} is not a usable {document} document: {where} is {str(value)[:40]!r}, not {noun}")
+
+
+def is_finite(value) -> bool:
+    return _is_number(value) and math.isfinite(value)
+
+
+def is_whole(value, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
 def _check_analysis(path: Path, result: AnalysisResult) -> None:
     """The values of an analysis document the report computes with have the types it needs: FuFastError
     naming the file and the entry otherwise (the document may come from elsewhere, or be hand-edited)."""
     def refuse(where: str, value, noun: str):
-        raise FuFastError(f"{path} is not a usable analysis document: {where} is {str(value)[:40]!r}, not {noun}")
-
-    def whole(value, least=0):
-        return isinstance(value, int) and not isinstance(value, bool) and value >= least
-
-    def finite(value):
-        return _is_number(value) and math.isfinite(value)
+        refuse_document(path, "analysis", where, value, noun)
 
     if not isinstance(result.model, dict) or not isinstance(result.settings, dict):
         refuse("model or settings", type(result.model).__name__, "an object")
-    if not whole(result.model.get("parameters")):
+    if not is_whole(result.model.get("parameters")):
         refuse("model.parameters", result.model.get("parameters"), "a whole number")
     accuracy = result.model.get("accuracy")
-    if accuracy is not None and not finite(accuracy):
+    if accuracy is not None and not is_finite(accuracy):
         refuse("model.accuracy", accuracy, "a number or null")
     levels = result.settings.get("levels")
-    if not (isinstance(levels, list) and levels and all(finite(v) for v in levels)):
+    if not (isinstance(levels, list) and levels and all(is_finite(v) for v in levels)):
         refuse("settings.levels", levels, "a list of numbers")
-    if result.settings.get("tolerance") is not None and not finite(result.settings["tolerance"]):
+    if result.settings.get("tolerance") is not None and not is_finite(result.settings["tolerance"]):
         refuse("settings.tolerance", result.settings["tolerance"], "a number")
     if not result.layers:
         refuse("layers", [], "a non-empty list of layers")
     for name, layer in result.layers.items():
         where = f"layer {str(name)[:40]!r}"
         for key, least in (("units", 1), ("ablation_units", 1), ("redundant_units", 0)):
-            if not whole(getattr(layer, key), least):
+            if not is_whole(getattr(layer, key), least):
                 refuse(f"{where} {key}", getattr(layer, key), f"a whole number >= {least}")
         for key in ("reference_units", "reference_ablation_units"):
-            if getattr(layer, key) is not None and not whole(getattr(layer, key), 1):
+            if getattr(layer, key) is not None and not is_whole(getattr(layer, key), 1):
                 refuse(f"{where} {key}", getattr(layer, key), "a whole number >= 1 or null")
-        if not (finite(layer.prunable_fraction) and 0 <= layer.prunable_fraction <= 1):
+        if not (is_finite(layer.prunable_fraction) and 0 <= layer.prunable_fraction <= 1):
             refuse(f"{where} prunable_fraction", layer.prunable_fraction, "a number in [0, 1]")
         if not (isinstance(layer.curves, list) and layer.curves and all(
-                isinstance(c, list) and len(c) == len(levels) and all(finite(v) for v in c) for c in layer.curves)):
+                isinstance(c, list) and len(c) == len(levels) and all(is_finite(v) for v in c) for c in layer.curves)):
             refuse(f"{where} curves", layer.curves, f"a list of curves of {len(levels)} numbers (the levels)")
 
 
@@ -266,7 +277,7 @@ def _check_run(path: Path) -> tuple[dict | None, str | None]:
             return None, f"epochs[{i}] is a {_kind(epoch)}, not an object"
         for key, value in epoch.items():
             if (key == "epoch" or key.endswith("_accuracy")) and not (
-                    _is_number(value) and math.isfinite(value) and (key != "epoch" or isinstance(value, int))):
+                    is_finite(value) and (key != "epoch" or isinstance(value, int))):
                 noun = "a whole number" if key == "epoch" else "a finite number"
                 return None, f"epochs[{i}].{key} is {str(value)[:40]!r}, not {noun}"
     return run, None
@@ -285,7 +296,7 @@ def _type_problem(record: dict, types: dict, prefix: str) -> str | None:
             continue
         wanted = {"int?": int, "float?": float, "bool?": bool, "str?": str}.get(kind, kind)
         if wanted is float:
-            good = _is_number(value) and math.isfinite(value)
+            good = is_finite(value)
         elif wanted is int:
             good = isinstance(value, int) and not isinstance(value, bool)
         else:
@@ -369,15 +380,21 @@ def _gains(rows: list[dict], columns) -> dict:
             for c in columns}
 
 
+def group_by_width(members: list) -> dict[float, list]:
+    """Members (MemberResult or MemberEntry) by width, widths ascending, each width's in trial order."""
+    groups: dict[float, list] = {}
+    for m in sorted(members, key=lambda m: (m.width, m.trial)):
+        groups.setdefault(m.width, []).append(m)
+    return groups
+
+
 def summarize_sweep(sweep: Sweep) -> dict:
     """The report's numbers per series (trial means and sds per width, gains) and the gain ranges."""
     series_out = []
     labels = _labels(sweep)
     for series, members in sweep.series().items():
         normalized = is_normalized(members)
-        by_width: dict[float, list[MemberResult]] = {}
-        for m in sorted(members, key=lambda m: (m.width, m.trial)):
-            by_width.setdefault(m.width, []).append(m)
+        by_width = group_by_width(members)
         rows, layer_rows = [], {name: [] for name in members[0].analysis.layers}
         for width, trials in by_width.items():
             values = [network_values(m, normalized) for m in trials]
@@ -404,13 +421,15 @@ def summarize_sweep(sweep: Sweep) -> dict:
 
 def _gain_ranges(series: list[dict]) -> dict:
     """g_min/g_max across the curves of a plot: the series (network level), series x layers (per layer)."""
-    def span(gains):
-        gains = [g for g in gains if g is not None]
-        return {"min": min(gains), "max": max(gains)} if gains else None
-
-    return {"network": {c: span([s["gains"][c] for s in series]) for c in COLUMNS},
-            "layers": {q: span([layer["gains"][q] for s in series for layer in s["layers"].values()])
+    return {"network": {c: gain_span([s["gains"][c] for s in series]) for c in COLUMNS},
+            "layers": {q: gain_span([layer["gains"][q] for s in series for layer in s["layers"].values()])
                        for q in QUANTITIES}}
+
+
+def gain_span(gains) -> dict | None:
+    """{"min", "max"} of the gains that are defined; None when none is."""
+    gains = [g for g in gains if g is not None]
+    return {"min": min(gains), "max": max(gains)} if gains else None
 
 
 def _labels(sweep: Sweep) -> dict[str, str]:

@@ -358,7 +358,7 @@ class SweepConfig:
     analyze: dict
     source: dict           # the configuration as given, for sweep.json
     epochs_after: list | None = None     # analyse each run at these epochs past its epochs setting
-    reference_width: float = 4.0         # the width whose layers normalise a series (docs/definitions.md)
+    reference_width: float = REFERENCE_WIDTH   # the width whose layers normalise a series (docs/definitions.md)
     model_tables: dict = dataclasses.field(default_factory=dict)   # model -> its [model.NAME] table, checked
 
     def widths_of(self, model: str) -> list[float]:

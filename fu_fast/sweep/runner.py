@@ -37,7 +37,7 @@ from ..errors import FuFastError
 from ..train import load_model, read_run, train
 from ..train.checkpoint import epoch_file
 from ..train.loop import _check_same_settings as check_same_training
-from .config import ANALYSIS_ADDED, REFERENCE_WIDTH, Member, SweepConfig, analysis_settings, show
+from .config import ANALYSIS_ADDED, Member, SweepConfig, analysis_settings, show
 
 SWEEP_SCHEMA = "fu-fast/sweep/1"
 ANALYSIS_FILE, CORRELATIONS_FILE, SWEEP_FILE = "analysis.json", "correlations.json", "sweep.json"
@@ -165,8 +165,7 @@ def is_done(out_dir: Path, member: Member) -> bool:
     return done_analysis(out_dir, member) is not None
 
 
-def normalize_series(out_dir: Path, members: list[Member], series: str,
-                     reference_width: float = REFERENCE_WIDTH) -> None:
+def normalize_series(out_dir: Path, members: list[Member], series: str, reference_width: float) -> None:
     """Divide every done member of ``series`` by its member of ``reference_width`` (the paper's 4x;
     docs/definitions.md), once that one is done."""
     done = [(m, done_analysis(out_dir, m)) for m in members if m.series == series]
